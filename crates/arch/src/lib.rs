@@ -1,0 +1,4 @@
+//! x86-64 platform and boot: guest memory layout, kernel loaders, boot structures, ACPI tables
+//! and the CPUID policy.
+
+pub mod layout;
