@@ -4,12 +4,24 @@
 //! devices never know which CPU backend (KVM or the emulator) runs the guest: the VMM routes
 //! each I/O or MMIO exit to the bus, and the bus to the device.
 
+pub mod acpi_pm;
 pub mod bus;
+pub mod cmos;
+pub mod i8042;
+pub mod pci;
+pub mod serial;
+#[cfg(test)]
+mod testing;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use vmm_sys_util::eventfd::EventFd;
 
+pub use acpi_pm::AcpiPm;
 pub use bus::{Bus, BusDevice};
+pub use cmos::Cmos;
+pub use i8042::I8042;
+pub use pci::{PciConfigIo, PciConfigMmio, PciDevice, PciRoot};
+pub use serial::Serial;
 
 /// Why the guest asked the VM to end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,1 +1,198 @@
-fn main() {}
+//! `vireo`: the one binary of the Vireo virtualization platform.
+
+mod client;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vireo_vmm::config::parse_size;
+use vireo_vmm::{Accel, ConsoleConfig, VmConfig, VmOutcome};
+
+#[derive(Parser)]
+#[command(
+    name = "vireo",
+    version,
+    about = "Vireo: virtual machines, storage and networks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Boot a VM in the foreground (the guest's serial console is this terminal).
+    Run(RunArgs),
+    /// Guest images.
+    Image {
+        #[command(subcommand)]
+        cmd: ImageCmd,
+    },
+    /// Manage a running VM through its API socket.
+    Vm {
+        #[command(subcommand)]
+        cmd: VmCmd,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Kernel: a bzImage, an ELF vmlinux with a PVH note, or a 32-bit PVH ELF payload.
+    /// Default: the kernel that `vireo image build` made.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk. Default: the image's initramfs when --kernel is not given.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = "console=ttyS0 reboot=k panic=-1")]
+    cmdline: String,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
+    /// Guest memory, e.g. 512M or 2G.
+    #[arg(long, default_value = "512M", value_parser = parse_size)]
+    memory: u64,
+    /// CPU backend: hardware-assisted (kvm), software emulation (emu), or the best that can
+    /// run this guest here (auto).
+    #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
+    accel: AccelArg,
+    /// Console: `stdio` or `file=PATH`.
+    #[arg(long, default_value = "stdio", value_parser = parse_console)]
+    console: ConsoleConfig,
+    /// Serve the management API on this Unix socket.
+    #[arg(long)]
+    api_socket: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AccelArg {
+    Auto,
+    Kvm,
+    Emu,
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Build a bootable guest (Debian cloud kernel + busybox initramfs) from Debian packages.
+    Build {
+        /// Where to write vmlinuz and initramfs.cpio.gz.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum VmCmd {
+    /// Show the VM's state, configuration and per-vCPU exit counters.
+    Info(ApiArg),
+    /// Pause all vCPUs.
+    Pause(ApiArg),
+    /// Resume a paused VM.
+    Resume(ApiArg),
+    /// Graceful shutdown: press the ACPI power button.
+    Shutdown(ApiArg),
+    /// Hard stop: end the VM at once.
+    Stop(ApiArg),
+}
+
+#[derive(clap::Args)]
+struct ApiArg {
+    #[arg(long)]
+    api_socket: PathBuf,
+}
+
+fn parse_console(s: &str) -> Result<ConsoleConfig, String> {
+    match s {
+        "stdio" => Ok(ConsoleConfig::Stdio),
+        _ => match s.strip_prefix("file=") {
+            Some(p) if !p.is_empty() => Ok(ConsoleConfig::File(p.into())),
+            _ => Err(format!("{s:?}: use `stdio` or `file=PATH`")),
+        },
+    }
+}
+
+/// Where `vireo image build` puts its output and its download cache by default.
+fn cache_root() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"))
+        .join("vireo")
+}
+
+fn run(args: RunArgs) -> Result<VmOutcome, String> {
+    let image = cache_root().join("image");
+    let (kernel, initrd) = match args.kernel {
+        Some(k) => (k, args.initrd),
+        None => {
+            let k = image.join("vmlinuz");
+            if !k.exists() {
+                return Err(format!(
+                    "no --kernel given and no default image at {}: run `vireo image build` first, or pass --kernel PATH",
+                    k.display()
+                ));
+            }
+            (
+                k,
+                args.initrd
+                    .or_else(|| Some(image.join("initramfs.cpio.gz"))),
+            )
+        }
+    };
+    let cfg = VmConfig {
+        kernel,
+        initrd,
+        cmdline: args.cmdline,
+        cpus: args.cpus,
+        memory: args.memory,
+        accel: match args.accel {
+            AccelArg::Auto => Accel::Auto,
+            AccelArg::Kvm => Accel::Kvm,
+            AccelArg::Emu => Accel::Emu,
+        },
+        console: args.console,
+        api_socket: args.api_socket,
+    };
+    vireo_vmm::run_vm(cfg).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VIREO_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Run(args) => run(args).map(|outcome| {
+            tracing::info!("VM ended: {outcome:?}");
+        }),
+        Cmd::Image {
+            cmd: ImageCmd::Build { out },
+        } => {
+            let root = cache_root();
+            let opts = vireo_image::BuildOptions {
+                out_dir: out.unwrap_or_else(|| root.join("image")),
+                cache_dir: root.join("debs"),
+            };
+            vireo_image::build(&opts)
+                .map(|img| {
+                    println!("kernel  {}", img.kernel.display());
+                    println!("initrd  {}", img.initrd.display());
+                    println!("version {}", img.kernel_version);
+                })
+                .map_err(|e| e.to_string())
+        }
+        Cmd::Vm { cmd } => client::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vireo: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! `vireo vm ...`: a client of the VMM's API socket, like Cloud Hypervisor's `ch-remote`.
+
+use crate::VmCmd;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+pub fn run(cmd: VmCmd) -> Result<(), String> {
+    let (method, action, sock) = match &cmd {
+        VmCmd::Info(a) => ("GET", "vm.info", &a.api_socket),
+        VmCmd::Pause(a) => ("PUT", "vm.pause", &a.api_socket),
+        VmCmd::Resume(a) => ("PUT", "vm.resume", &a.api_socket),
+        VmCmd::Shutdown(a) => ("PUT", "vm.shutdown", &a.api_socket),
+        VmCmd::Stop(a) => ("PUT", "vm.stop", &a.api_socket),
+    };
+    let (status, body) = request(sock, method, action)?;
+    if !(200..300).contains(&status) {
+        let msg = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
+            .unwrap_or(body);
+        return Err(format!("{action}: {msg} (HTTP {status})"));
+    }
+    if !body.is_empty() {
+        let pretty = serde_json::from_str::<serde_json::Value>(&body)
+            .and_then(|v| serde_json::to_string_pretty(&v))
+            .unwrap_or(body);
+        println!("{pretty}");
+    }
+    Ok(())
+}
+
+/// One HTTP/1.1 request over the Unix socket; returns the status and the body.
+fn request(sock: &Path, method: &str, action: &str) -> Result<(u16, String), String> {
+    let mut s = UnixStream::connect(sock).map_err(|e| {
+        format!(
+            "cannot connect to {}: {e} (is `vireo run --api-socket {}` running?)",
+            sock.display(),
+            sock.display()
+        )
+    })?;
+    let req = format!(
+        "{method} /api/v1/{action} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(&raw) {
+        Ok(httparse::Status::Complete(n)) => Ok((
+            resp.code.unwrap_or(0),
+            String::from_utf8_lossy(&raw[n..]).trim().to_string(),
+        )),
+        _ => Err("malformed reply from the VMM".into()),
+    }
+}

@@ -1,0 +1,338 @@
+//! PVH boot: run the payloads in tests/payloads through `vireo run --accel kvm`
+//! and check what they report about the boot environment.
+
+mod common;
+
+use common::*;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const HIMEM_START: u64 = 0x10_0000;
+const MIB: u64 = 1 << 20;
+
+/// Exit 0 (reset or poweroff), and the payload did not report a failure.
+fn assert_clean_exit(run: &Run) {
+    assert!(
+        run.status.success(),
+        "expected exit status 0\n{}",
+        run.dump()
+    );
+    assert!(
+        !run.stdout.contains("FAILED"),
+        "payload reported a failure\n{}",
+        run.dump()
+    );
+    assert!(
+        !run.stderr.contains("panicked"),
+        "vireo panicked\n{}",
+        run.dump()
+    );
+}
+
+fn parse_hex(s: &str) -> u64 {
+    let digits = s
+        .strip_prefix("0x")
+        .unwrap_or_else(|| panic!("not 0x-hex: {s:?}"));
+    u64::from_str_radix(digits, 16).unwrap_or_else(|e| panic!("bad hex {s:?}: {e}"))
+}
+
+#[derive(Debug)]
+struct MemEntry {
+    addr: u64,
+    size: u64,
+    kind: u32,
+}
+
+/// The "mem ADDR SIZE TYPE" lines printed by the hello payload, sorted by address.
+fn memmap(run: &Run) -> Vec<MemEntry> {
+    let mut map: Vec<MemEntry> = run
+        .lines_with("mem ")
+        .iter()
+        .map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            [addr, size, kind] => MemEntry {
+                addr: parse_hex(addr),
+                size: parse_hex(size),
+                kind: kind.parse().unwrap(),
+            },
+            _ => panic!("bad memmap line {l:?}\n{}", run.dump()),
+        })
+        .collect();
+    map.sort_by_key(|e| e.addr);
+    map
+}
+
+/// start_info from the hello payload: magic, command line and a memory map for `memory` bytes.
+fn check_hello(run: &Run, memory: u64) {
+    assert_clean_exit(run);
+    for expected in ["vireo-pvh: hello", "magic ok", "vireo-pvh: reset"] {
+        assert!(
+            run.stdout.lines().any(|l| l == expected),
+            "missing {expected:?}\n{}",
+            run.dump()
+        );
+    }
+    assert_eq!(
+        run.line("cmdline "),
+        format!("\"{CMDLINE}\""),
+        "\n{}",
+        run.dump()
+    );
+
+    let map = memmap(run);
+    let ctx = format!("memmap {map:#x?}\n{}", run.dump());
+    assert!(!map.is_empty(), "no memmap entries\n{ctx}");
+    for pair in map.windows(2) {
+        assert!(
+            pair[0].addr + pair[0].size <= pair[1].addr,
+            "overlapping memmap entries\n{ctx}"
+        );
+    }
+    assert!(
+        map.iter().any(|e| e.addr == 0 && e.kind == 1),
+        "no RAM entry at 0\n{ctx}"
+    );
+    let himem = map.iter().find(|e| e.addr == HIMEM_START && e.kind == 1);
+    assert!(
+        himem.is_some(),
+        "no RAM entry at 0x100000 (where the kernel is)\n{ctx}"
+    );
+
+    let ram: u64 = map.iter().filter(|e| e.kind == 1).map(|e| e.size).sum();
+    // Some low memory (EBDA, BIOS area) is reserved, but no more than 1 MiB.
+    assert!(
+        ram <= memory && ram >= memory - MIB,
+        "type-1 RAM {ram:#x} not within 1 MiB of {memory:#x}\n{ctx}"
+    );
+    assert_eq!(
+        parse_hex(run.line("ram total ")),
+        ram,
+        "ram total disagrees with the entries\n{ctx}"
+    );
+}
+
+#[test]
+fn hello_start_info_then_reset() {
+    let run = run_payload("hello", &[]);
+    check_hello(&run, MEMORY);
+    assert_eq!(
+        run.line("modules "),
+        "0",
+        "no --initrd, so no modules\n{}",
+        run.dump()
+    );
+}
+
+#[test]
+fn hello_memmap_follows_memory_size() {
+    let run = run_kernel(&payload("hello"), "200M", &[]);
+    check_hello(&run, 200 * MIB);
+}
+
+/// The same payload in the shape of a Linux vmlinux: an ELF64 file with 32-bit entry code and an
+/// 8-byte PVH note. Vireo takes an ELF64 kernel to need long mode, so where KVM has none (e.g. a
+/// nested kvm_pvm host) the defined outcome is a clear refusal before the guest runs.
+#[test]
+fn hello_elf64_image() {
+    let run = run_kernel(&payload_as("hello", ElfClass::Elf64), MEMORY_ARG, &[]);
+    if run.status.success() {
+        check_hello(&run, MEMORY);
+        return;
+    }
+    let err = run.stderr.to_lowercase();
+    assert!(
+        matches!(run.status.code(), Some(c) if c != 0)
+            && (err.contains("long mode") || err.contains("64-bit"))
+            && !run.stdout.contains("vireo-pvh")
+            && !run.stderr.contains("panicked"),
+        "an ELF64 PVH image must either boot or be refused for lack of long mode\n{}",
+        run.dump()
+    );
+    eprintln!(
+        "note: ELF64 image refused on this host (no long mode): {}",
+        run.stderr.trim()
+    );
+}
+
+/// PVH passes the initrd as module 0; the payload prints where it is and a byte sum.
+#[test]
+fn hello_initrd_is_module_0() {
+    let data = pseudo_random_bytes(100_000, 0x5eed);
+    let initrd = TempFile::with_contents("initrd", &data);
+    let run = run_payload("hello", &["--initrd", initrd.arg()]);
+    check_hello(&run, MEMORY);
+
+    assert_eq!(run.line("modules "), "1", "\n{}", run.dump());
+    let fields: Vec<&str> = run.line("module 0 ").split_whitespace().collect();
+    let [paddr, size, "sum", sum] = fields[..] else {
+        panic!("bad module line {fields:?}\n{}", run.dump())
+    };
+    let (paddr, size) = (parse_hex(paddr), parse_hex(size));
+    assert_eq!(size, data.len() as u64, "module size\n{}", run.dump());
+    let expected_sum = data.iter().fold(0u32, |s, &b| s.wrapping_add(b.into()));
+    assert_eq!(
+        parse_hex(sum),
+        expected_sum as u64,
+        "module contents differ from the initrd file\n{}",
+        run.dump()
+    );
+    // The initrd must sit in RAM that the memmap reports as usable.
+    assert!(
+        memmap(&run)
+            .iter()
+            .any(|e| e.kind == 1 && e.addr <= paddr && paddr + size <= e.addr + e.size),
+        "module at {paddr:#x}+{size:#x} is not inside a RAM entry\n{}",
+        run.dump()
+    );
+}
+
+#[test]
+fn poweroff_via_acpi_s5() {
+    let run = run_payload("poweroff", &[]);
+    assert_clean_exit(&run);
+    assert!(
+        run.stdout.contains("vireo-pvh: poweroff"),
+        "\n{}",
+        run.dump()
+    );
+}
+
+/// Check the CPUID policy as seen by the guest with `--cpus cpus`.
+fn check_cpuid(cpus: u32) {
+    let n = cpus.to_string();
+    let run = run_payload("cpuid", &["--cpus", &n]);
+    assert_clean_exit(&run);
+
+    let hv = run.line("cpuid hv-vendor ");
+    assert!(
+        hv.starts_with(r#""KVMKVMKVM\0\0\0""#),
+        "hypervisor leaf 0x40000000 signature: {hv}\n{}",
+        run.dump()
+    );
+
+    let leaf1: Vec<&str> = run.line("cpuid leaf1 ").split_whitespace().collect();
+    let field = |name: &str| -> u32 {
+        let i = leaf1
+            .iter()
+            .position(|w| *w == name)
+            .unwrap_or_else(|| panic!("no {name} in {leaf1:?}"));
+        leaf1[i + 1].parse().unwrap()
+    };
+    assert_eq!(
+        field("logical"),
+        cpus,
+        "CPUID.1:EBX[23:16] logical processor count\n{}",
+        run.dump()
+    );
+    // HTT is what makes that count meaningful: set exactly when there is more than one.
+    assert_eq!(
+        field("htt"),
+        u32::from(cpus > 1),
+        "CPUID.1:EDX[28] HTT\n{}",
+        run.dump()
+    );
+    assert_eq!(
+        field("apicid"),
+        0,
+        "the PVH entry runs on the BSP\n{}",
+        run.dump()
+    );
+    assert_eq!(
+        field("hypervisor"),
+        1,
+        "CPUID.1:ECX[31] hypervisor bit\n{}",
+        run.dump()
+    );
+}
+
+#[test]
+fn cpuid_one_cpu() {
+    check_cpuid(1);
+}
+
+#[test]
+fn cpuid_two_cpus() {
+    check_cpuid(2);
+}
+
+/// A triple fault must end the VM with a clear error: not a hang, not a reboot, not exit 0.
+#[test]
+fn triple_fault_is_an_error() {
+    let run = run_payload("fault", &[]);
+    assert!(
+        run.stdout.contains("vireo-pvh: fault"),
+        "payload did not start\n{}",
+        run.dump()
+    );
+    assert!(
+        !run.stdout.contains("FAILED"),
+        "ud2 did not fault\n{}",
+        run.dump()
+    );
+    assert!(
+        matches!(run.status.code(), Some(c) if c != 0),
+        "expected a non-zero exit code (not a signal)\n{}",
+        run.dump()
+    );
+    let err = run.stderr.to_lowercase();
+    assert!(
+        err.contains("triple fault") || err.contains("shutdown"),
+        "stderr should say \"triple fault\" or \"shutdown\"\n{}",
+        run.dump()
+    );
+    assert!(
+        !run.stderr.contains("panicked"),
+        "vireo panicked\n{}",
+        run.dump()
+    );
+}
+
+/// Today's UTC date as (year, month, day), from the Unix clock (civil-from-days).
+fn utc_today() -> (u64, u64, u64) {
+    let days = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400;
+    // Howard Hinnant's algorithm, with days counted from 0000-03-01.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[test]
+fn rtc_reads_host_utc_date() {
+    let before = utc_today();
+    let run = run_payload("rtc", &[]);
+    let after = utc_today();
+    assert_clean_exit(&run);
+
+    // "YYYY-MM-DD HH:MM:SS"
+    let rtc = run.line("rtc ");
+    let nums: Vec<u64> = rtc
+        .split(['-', ' ', ':'])
+        .map(|f| {
+            f.parse()
+                .unwrap_or_else(|_| panic!("bad rtc line {rtc:?}\n{}", run.dump()))
+        })
+        .collect();
+    let [y, mo, d, h, mi, s] = nums[..] else {
+        panic!("bad rtc line {rtc:?}\n{}", run.dump())
+    };
+    assert!(
+        h < 24 && mi < 60 && s < 60,
+        "bad time in {rtc:?}\n{}",
+        run.dump()
+    );
+    // The run may straddle midnight.
+    assert!(
+        (y, mo, d) == before || (y, mo, d) == after,
+        "guest RTC date {rtc:?} is not the host UTC date {before:?}\n{}",
+        run.dump()
+    );
+}

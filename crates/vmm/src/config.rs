@@ -1,0 +1,151 @@
+//! What the user asked for, validated before anything is built.
+
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Auto,
+    Kvm,
+    Emu,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsoleConfig {
+    /// Guest serial output to stdout, stdin to the guest (raw mode on a terminal).
+    Stdio,
+    /// Guest serial output appended to a file; no input.
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub cpus: u32,
+    pub memory: u64,
+    pub accel: Accel,
+    pub console: ConsoleConfig,
+    pub api_socket: Option<PathBuf>,
+}
+
+/// The smallest guest we build: room for the boot structures, ACPI tables and a tiny kernel.
+pub const MIN_MEMORY: u64 = 2 << 20;
+/// Most vCPUs a VM may have: APIC IDs are 8-bit and one ID goes to the IOAPIC.
+pub const MAX_CPUS: u32 = 254;
+
+impl VmConfig {
+    /// Checks the numbers that don't need a backend; the error says what to change.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.cpus == 0 || self.cpus > MAX_CPUS {
+            return Err(format!(
+                "--cpus {} is out of range: give 1 to {MAX_CPUS}",
+                self.cpus
+            ));
+        }
+        if self.memory < MIN_MEMORY {
+            return Err(format!(
+                "--memory {} is too small: give at least {} MiB (e.g. --memory 512M)",
+                self.memory,
+                MIN_MEMORY >> 20
+            ));
+        }
+        let host = host_memory();
+        if host > 0 && self.memory > host {
+            return Err(format!(
+                "--memory {} MiB is more than this host has ({} MiB)",
+                self.memory >> 20,
+                host >> 20
+            ));
+        }
+        if !self.memory.is_multiple_of(4096) {
+            return Err("--memory must be a multiple of 4 KiB".into());
+        }
+        Ok(())
+    }
+}
+
+/// Total physical memory of the host, or 0 if unknown.
+pub fn host_memory() -> u64 {
+    // SAFETY: sysconf takes no pointers and only returns a number.
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    if pages > 0 && size > 0 {
+        pages as u64 * size as u64
+    } else {
+        0
+    }
+}
+
+/// Parses sizes like `512M`, `2G`, `65536`, `1.5G` (binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let unit = t[i..].to_ascii_uppercase();
+            let m: u64 = match unit.trim_end_matches("IB").trim_end_matches('B') {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                "T" => 1 << 40,
+                _ => return Err(format!("unknown size unit in {s:?}: use K, M, G or T")),
+            };
+            (&t[..i], m)
+        }
+        None => (t, 1),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 512M, 2G)"))?;
+    if !(0.0..1.8e19).contains(&(v * mult as f64)) {
+        return Err(format!("size {s:?} is out of range"));
+    }
+    Ok((v * mult as f64) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_size("1.5GiB").unwrap(), 3 << 29);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("-1M").is_err());
+    }
+
+    fn cfg(cpus: u32, memory: u64) -> VmConfig {
+        VmConfig {
+            kernel: "k".into(),
+            initrd: None,
+            cmdline: String::new(),
+            cpus,
+            memory,
+            accel: Accel::Auto,
+            console: ConsoleConfig::Stdio,
+            api_socket: None,
+        }
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        assert!(cfg(0, 1 << 30).validate().unwrap_err().contains("--cpus"));
+        assert!(cfg(1000, 1 << 30)
+            .validate()
+            .unwrap_err()
+            .contains("--cpus"));
+        assert!(cfg(1, 0).validate().unwrap_err().contains("--memory"));
+        assert!(cfg(1, 1 << 50).validate().unwrap_err().contains("--memory"));
+        assert!(cfg(2, 128 << 20).validate().is_ok());
+    }
+}

@@ -1,0 +1,80 @@
+//! The machine's legacy platform devices, wired to their ports and interrupt lines.
+
+use crate::config::VmConfig;
+use crate::vcpu::Buses;
+use crate::vm::VmError;
+use std::sync::{Arc, Mutex};
+use vireo_arch::layout::{self, ports};
+use vireo_devices::{
+    acpi_pm::AcpiPm,
+    cmos::Cmos,
+    i8042::I8042,
+    pci::{PciConfigIo, PciConfigMmio, PciRoot},
+    serial::Serial,
+    Bus, BusDevice, ExitSignal, IrqLine,
+};
+
+pub struct Platform {
+    pub buses: Buses,
+    pub serial: Arc<Mutex<Serial>>,
+    pub acpi_pm: Arc<Mutex<AcpiPm>>,
+}
+
+impl Platform {
+    pub fn new(
+        cfg: &VmConfig,
+        exit: &Arc<ExitSignal>,
+        line: &dyn Fn(u32) -> Arc<dyn IrqLine>,
+    ) -> Result<Platform, VmError> {
+        let out = crate::console::output(&cfg.console)
+            .map_err(|e| VmError::Device(format!("console output: {e}")))?;
+        let serial = Arc::new(Mutex::new(Serial::new(line(ports::COM1_IRQ), out)));
+        let acpi_pm = Arc::new(Mutex::new(AcpiPm::new(exit.clone(), line(ports::SCI_IRQ))));
+        let low = cfg.memory.min(layout::LOW_RAM_END);
+        let high = cfg.memory.saturating_sub(layout::LOW_RAM_END);
+        let pci = Arc::new(Mutex::new(PciRoot::new()));
+
+        let mut pio = Bus::new();
+        let mut mmio = Bus::new();
+        let add = |bus: &mut Bus, base: u64, len: u64, dev: Arc<Mutex<dyn BusDevice>>| {
+            bus.insert(base, len, dev)
+                .map_err(|e| VmError::Device(e.to_string()))
+        };
+        add(&mut pio, ports::COM1.into(), 8, serial.clone())?;
+        add(
+            &mut pio,
+            ports::I8042.into(),
+            5,
+            Arc::new(Mutex::new(I8042::new(exit.clone(), Some(line(1))))),
+        )?;
+        add(
+            &mut pio,
+            ports::CMOS.into(),
+            2,
+            Arc::new(Mutex::new(Cmos::new(low, high))),
+        )?;
+        add(
+            &mut pio,
+            ports::PCI_CONFIG.into(),
+            8,
+            Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
+        )?;
+        add(
+            &mut pio,
+            ports::PM1A_EVT.into(),
+            vireo_devices::acpi_pm::ACPI_PM_LEN,
+            acpi_pm.clone(),
+        )?;
+        add(
+            &mut mmio,
+            layout::ECAM_START,
+            layout::ECAM_SIZE,
+            Arc::new(Mutex::new(PciConfigMmio::new(pci))),
+        )?;
+        Ok(Platform {
+            buses: Buses { pio, mmio },
+            serial,
+            acpi_pm,
+        })
+    }
+}

@@ -1,0 +1,209 @@
+//! vCPU threads (seed 2.1.2): one host thread per vCPU, exit dispatch to the device buses,
+//! and the pause/stop handshake with the VMM.
+
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+use vireo_devices::Bus;
+use vireo_hypervisor::{Vcpu, VcpuExit};
+
+/// The signal that kicks a vCPU thread out of `KVM_RUN`.
+pub fn kick_signal() -> i32 {
+    libc::SIGRTMIN()
+}
+
+/// Installs the (empty) handler for the kick signal: its only job is to make `KVM_RUN` return
+/// `EINTR` instead of killing the process.
+pub fn install_kick_handler() -> std::io::Result<()> {
+    extern "C" fn noop(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), noop)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
+/// Why each vCPU left guest mode, for the API's per-vCPU exit counters.
+#[derive(Default, Debug)]
+pub struct ExitCounters {
+    pub io_in: AtomicU64,
+    pub io_out: AtomicU64,
+    pub mmio_read: AtomicU64,
+    pub mmio_write: AtomicU64,
+    pub halt: AtomicU64,
+    pub interrupted: AtomicU64,
+}
+
+#[derive(Serialize)]
+pub struct ExitCountersSnapshot {
+    pub io_in: u64,
+    pub io_out: u64,
+    pub mmio_read: u64,
+    pub mmio_write: u64,
+    pub halt: u64,
+    pub interrupted: u64,
+}
+
+impl ExitCounters {
+    pub fn snapshot(&self) -> ExitCountersSnapshot {
+        ExitCountersSnapshot {
+            io_in: self.io_in.load(Relaxed),
+            io_out: self.io_out.load(Relaxed),
+            mmio_read: self.mmio_read.load(Relaxed),
+            mmio_write: self.mmio_write.load(Relaxed),
+            halt: self.halt.load(Relaxed),
+            interrupted: self.interrupted.load(Relaxed),
+        }
+    }
+}
+
+/// What the VMM wants the vCPU threads to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Run {
+    Running,
+    Paused,
+    Stopping,
+}
+
+/// Shared between the VMM and all vCPU threads.
+pub struct Control {
+    want: Mutex<(Run, usize)>, // (what the VMM wants, how many vCPUs have parked)
+    cv: Condvar,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Self {
+            want: Mutex::new((Run::Running, 0)),
+            cv: Condvar::new(),
+        }
+    }
+}
+
+impl Control {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Run, usize)> {
+        self.want.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn wanted(&self) -> Run {
+        self.lock().0
+    }
+
+    /// Asks every vCPU to `run` and, for pause, waits until all `n` have parked. The threads
+    /// are kicked repeatedly because a kick that lands just before `KVM_RUN` is lost.
+    pub fn set(&self, run: Run, threads: &[libc::pthread_t]) {
+        self.lock().0 = run;
+        self.cv.notify_all();
+        if run != Run::Paused {
+            kick_all(threads);
+            return;
+        }
+        let mut g = self.lock();
+        while g.0 == Run::Paused && g.1 < threads.len() {
+            drop(g);
+            kick_all(threads);
+            g = self.lock();
+            g = self
+                .cv
+                .wait_timeout(g, Duration::from_millis(2))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Called by a vCPU thread between runs: parks while paused. Returns false to stop.
+    fn checkpoint(&self) -> bool {
+        let mut g = self.lock();
+        if g.0 == Run::Paused {
+            g.1 += 1;
+            self.cv.notify_all();
+            while g.0 == Run::Paused {
+                g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
+            }
+            g.1 -= 1;
+        }
+        g.0 != Run::Stopping
+    }
+}
+
+pub fn kick_all(threads: &[libc::pthread_t]) {
+    for &t in threads {
+        // SAFETY: `t` is the pthread of a vCPU thread that is joined only after the VMM stops
+        // kicking; a signal with an installed handler has no other effect.
+        unsafe { libc::pthread_kill(t, kick_signal()) };
+    }
+}
+
+/// What a vCPU thread reports to the VMM when it stops on its own.
+#[derive(Debug)]
+pub enum VcpuEvent {
+    /// The guest shut the CPU down (a triple fault).
+    Shutdown(u32),
+    /// The guest asked for a reset through the backend.
+    Reset(u32),
+    Failed(u32, String),
+}
+
+pub struct Buses {
+    pub pio: Bus,
+    pub mmio: Bus,
+}
+
+/// Runs a vCPU until the VMM stops it or the guest ends it.
+pub fn run_loop(
+    id: u32,
+    mut vcpu: Box<dyn Vcpu>,
+    buses: Arc<Buses>,
+    ctl: Arc<Control>,
+    counters: Arc<ExitCounters>,
+    exit: Arc<vireo_devices::ExitSignal>,
+    events: Sender<crate::vm::Event>,
+) {
+    let report = |e: VcpuEvent| {
+        let _ = events.send(crate::vm::Event::Vcpu(e));
+    };
+    loop {
+        if ctl.wanted() != Run::Running && !ctl.checkpoint() {
+            return;
+        }
+        match vcpu.run() {
+            Ok(VcpuExit::IoIn { port, data }) => {
+                counters.io_in.fetch_add(1, Relaxed);
+                buses.pio.read(u64::from(port), data);
+            }
+            Ok(VcpuExit::IoOut { port, data }) => {
+                counters.io_out.fetch_add(1, Relaxed);
+                buses.pio.write(u64::from(port), data);
+                if exit.reason().is_some() {
+                    // The write powered off or reset the machine: this vCPU must not run
+                    // another guest instruction.
+                    return;
+                }
+            }
+            Ok(VcpuExit::MmioRead { addr, data }) => {
+                counters.mmio_read.fetch_add(1, Relaxed);
+                buses.mmio.read(addr, data);
+            }
+            Ok(VcpuExit::MmioWrite { addr, data }) => {
+                counters.mmio_write.fetch_add(1, Relaxed);
+                buses.mmio.write(addr, data);
+                if exit.reason().is_some() {
+                    return;
+                }
+            }
+            Ok(VcpuExit::Halt) => {
+                // Only backends without an in-kernel interrupt controller exit on HLT; wait
+                // for the VMM rather than spin.
+                counters.halt.fetch_add(1, Relaxed);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(VcpuExit::Interrupted) => {
+                counters.interrupted.fetch_add(1, Relaxed);
+                vcpu.set_immediate_exit(false);
+            }
+            Ok(VcpuExit::Shutdown) => return report(VcpuEvent::Shutdown(id)),
+            Ok(VcpuExit::Reset) => return report(VcpuEvent::Reset(id)),
+            Ok(VcpuExit::Failed(why)) => return report(VcpuEvent::Failed(id, why)),
+            Err(e) => return report(VcpuEvent::Failed(id, e.to_string())),
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! Building and running one VM: memory, kernel, platform tables, devices, vCPUs, lifecycle.
+
+use crate::config::{Accel, VmConfig};
+use crate::state::{Verb, VmState};
+use crate::vcpu::{self, Control, ExitCounters, Run, VcpuEvent};
+use crate::{api, console, memory};
+use std::fs::File;
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+use vireo_arch::{acpi, boot, cpuid, layout, loader};
+use vireo_devices::{acpi_pm::AcpiPm, ExitReason, ExitSignal, IrqLine};
+use vireo_hypervisor::{kvm::KvmHypervisor, Hypervisor};
+use vm_memory::{GuestAddress, ReadVolatile};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot open the kernel {path}: {source}")]
+    Kernel {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open the initrd {path}: {source}")]
+    Initrd {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot load {path}: {source}")]
+    Load {
+        path: String,
+        source: loader::LoadError,
+    },
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    #[error("{0}")]
+    Accel(String),
+    #[error("hypervisor: {0}")]
+    Hypervisor(#[from] vireo_hypervisor::Error),
+    #[error("ACPI tables: {0}")]
+    Acpi(String),
+    #[error("{0}")]
+    Device(String),
+    #[error("vCPU {0}: {1}")]
+    Vcpu(u32, String),
+    #[error("the guest shut down vCPU {0} (a triple fault: the guest crashed or the kernel cannot run on this CPU backend)")]
+    TripleFault(u32),
+}
+
+/// How a VM ended without error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmOutcome {
+    /// The guest powered off (ACPI S5).
+    PowerOff,
+    /// The guest rebooted (i8042 or backend reset): `vireo run` ends, like `-no-reboot`.
+    Reset,
+    /// Stopped through the API (hard stop).
+    Stopped,
+}
+
+/// Everything that ends or changes the VM arrives on one channel to the VMM thread.
+pub enum Event {
+    Vcpu(VcpuEvent),
+    Guest(ExitReason),
+    ApiStop,
+    ConsoleQuit,
+}
+
+/// The VM as the API sees it.
+pub struct VmShared {
+    pub state: Mutex<VmState>,
+    pub config: VmConfig,
+    pub accel: &'static str,
+    pub counters: Vec<Arc<ExitCounters>>,
+    pub control: Arc<Control>,
+    pub threads: Mutex<Vec<libc::pthread_t>>,
+    pub power_button: Arc<Mutex<AcpiPm>>,
+    pub events: Sender<Event>,
+}
+
+impl VmShared {
+    /// Applies a lifecycle verb, refusing it when the state does not allow it.
+    pub fn transition(&self, verb: Verb) -> Result<VmState, String> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let next = st.apply(verb)?;
+        let threads = self
+            .threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match verb {
+            Verb::Pause => self.control.set(Run::Paused, &threads),
+            Verb::Resume => self.control.set(Run::Running, &threads),
+            Verb::Stop => {
+                let _ = self.events.send(Event::ApiStop);
+            }
+            Verb::Start => {}
+        }
+        *st = next;
+        Ok(next)
+    }
+}
+
+struct GsiLine {
+    vm: Arc<dyn vireo_hypervisor::Vm>,
+    gsi: u32,
+}
+
+impl IrqLine for GsiLine {
+    fn set_level(&self, high: bool) {
+        if let Err(e) = self.vm.set_irq_level(self.gsi, high) {
+            tracing::warn!("interrupt line {}: {e}", self.gsi);
+        }
+    }
+}
+
+fn pick_backend(accel: Accel, needs_long_mode: bool) -> Result<Box<dyn Hypervisor>, VmError> {
+    const NO_EMU: &str =
+        "the software emulator (--accel emu) is not built yet in this version of Vireo";
+    let kvm = || -> Result<Box<dyn Hypervisor>, String> {
+        let h = KvmHypervisor::new().map_err(|e| format!("KVM is not usable: {e}"))?;
+        let caps = h.capabilities();
+        if needs_long_mode && !caps.long_mode {
+            return Err(format!(
+                "KVM cannot run this 64-bit kernel: {}",
+                caps.long_mode_note
+                    .as_deref()
+                    .unwrap_or("no long-mode support")
+            ));
+        }
+        Ok(Box::new(h))
+    };
+    match accel {
+        Accel::Kvm => kvm().map_err(|e| VmError::Accel(format!("--accel kvm: {e}"))),
+        Accel::Emu => Err(VmError::Accel(format!("--accel emu: {NO_EMU}"))),
+        Accel::Auto => kvm().map_err(|e| {
+            VmError::Accel(format!(
+                "no CPU backend can run this guest: {e}; and {NO_EMU}"
+            ))
+        }),
+    }
+}
+
+/// Builds the VM described by `cfg`, runs it to the end, and says how it ended.
+pub fn run_vm(cfg: VmConfig) -> Result<VmOutcome, VmError> {
+    cfg.validate().map_err(VmError::Config)?;
+    let kernel_path = cfg.kernel.display().to_string();
+    let mut kernel_file = File::open(&cfg.kernel).map_err(|source| VmError::Kernel {
+        path: kernel_path.clone(),
+        source,
+    })?;
+    let initrd = match &cfg.initrd {
+        Some(p) => {
+            let path = p.display().to_string();
+            let f = File::open(p).map_err(|source| VmError::Initrd {
+                path: path.clone(),
+                source,
+            })?;
+            let size = f
+                .metadata()
+                .map_err(|source| VmError::Initrd { path, source })?
+                .len();
+            if size >= cfg.memory {
+                return Err(VmError::Config(format!(
+                    "the initrd {} ({} MiB) does not fit in --memory {} MiB; give the VM more memory",
+                    p.display(),
+                    size >> 20,
+                    cfg.memory >> 20
+                )));
+            }
+            Some((f, size))
+        }
+        None => None,
+    };
+    if cfg.cmdline.len() + 1 > layout::CMDLINE_MAX {
+        return Err(VmError::Config(format!(
+            "--cmdline is {} bytes; the limit is {}",
+            cfg.cmdline.len(),
+            layout::CMDLINE_MAX - 1
+        )));
+    }
+
+    let mem = memory::create(cfg.memory)?;
+    let ram_end = cfg.memory.min(layout::LOW_RAM_END);
+    let kernel =
+        loader::load_kernel(&mem, ram_end, &mut kernel_file).map_err(|source| VmError::Load {
+            path: kernel_path.clone(),
+            source,
+        })?;
+    let hv = pick_backend(cfg.accel, kernel.needs_long_mode)?;
+    tracing::info!(backend = hv.name(), "loaded kernel {kernel_path}");
+
+    let mut cmdline = cfg.cmdline.clone().into_bytes();
+    cmdline.push(0);
+    vm_memory::Bytes::write_slice(&mem, &cmdline, GuestAddress(layout::CMDLINE))
+        .map_err(|e| VmError::Config(format!("cannot write the command line: {e}")))?;
+    let initrd_at = match initrd {
+        Some((mut f, size)) => {
+            let limit = match kernel.entry {
+                loader::Entry::Linux64 { header, .. } if header.initrd_addr_max != 0 => {
+                    u64::from(header.initrd_addr_max) + 1
+                }
+                _ => u64::MAX,
+            };
+            let addr = boot::place_initrd(kernel.end, ram_end, limit, size).map_err(|_| {
+                VmError::Config(format!(
+                    "the initrd ({} MiB) does not fit in guest memory above the kernel; give the VM more --memory",
+                    size >> 20
+                ))
+            })?;
+            let mut slice =
+                vm_memory::GuestMemoryBackend::get_slice(&mem, GuestAddress(addr), size as usize)
+                    .map_err(|e| VmError::Config(format!("initrd: {e}")))?;
+            f.read_exact_volatile(&mut slice)
+                .map_err(|e| VmError::Config(format!("cannot read the initrd: {e}")))?;
+            Some((addr, size))
+        }
+        None => None,
+    };
+    let rsdp = acpi::create_acpi_tables(
+        &mem,
+        &acpi::AcpiConfig {
+            num_cpus: cfg.cpus as u8,
+        },
+    )
+    .map_err(|e| VmError::Acpi(e.to_string()))?;
+    let (regs, sregs) = boot::write_boot_params(
+        &mem,
+        &kernel,
+        &boot::BootInfo {
+            mem_size: cfg.memory,
+            cmdline_len: cmdline.len(),
+            initrd: initrd_at,
+            rsdp,
+        },
+    )
+    .map_err(|source| VmError::Load {
+        path: kernel_path,
+        source,
+    })?;
+
+    let vm: Arc<dyn vireo_hypervisor::Vm> = Arc::from(hv.create_vm()?);
+    memory::map_into(vm.as_ref(), &mem)?;
+
+    let (events_tx, events) = channel();
+    let exit = Arc::new(ExitSignal::new().map_err(|e| VmError::Device(e.to_string()))?);
+    let line = |gsi| -> Arc<dyn IrqLine> {
+        Arc::new(GsiLine {
+            vm: vm.clone(),
+            gsi,
+        })
+    };
+    let platform = crate::platform::Platform::new(&cfg, &exit, &line)?;
+
+    let console = console::Console::start(&cfg.console, platform.serial.clone(), events_tx.clone())
+        .map_err(|e| VmError::Device(format!("console: {e}")))?;
+
+    let supported = vm.supported_cpuid()?;
+    let mut vcpus = Vec::new();
+    for id in 0..cfg.cpus {
+        let mut v = vm.create_vcpu(id)?;
+        v.set_cpuid(&cpuid::vcpu_cpuid(&supported, id, cfg.cpus))?;
+        if kernel.needs_long_mode {
+            v.set_msrs(&cpuid::boot_msrs())?;
+        }
+        v.reset_fpu()?;
+        v.setup_lapic()?;
+        if id == 0 {
+            v.set_sregs(&sregs)?;
+            v.set_regs(&regs)?;
+        }
+        vcpus.push(v);
+    }
+
+    let control = Arc::new(Control::default());
+    let shared = Arc::new(VmShared {
+        state: Mutex::new(VmState::Created),
+        config: cfg.clone(),
+        accel: hv.name(),
+        counters: (0..cfg.cpus).map(|_| Arc::default()).collect(),
+        control: control.clone(),
+        threads: Mutex::new(Vec::new()),
+        power_button: platform.acpi_pm.clone(),
+        events: events_tx.clone(),
+    });
+    let _api = match &cfg.api_socket {
+        Some(path) => Some(
+            api::ApiServer::start(path, shared.clone())
+                .map_err(|e| VmError::Device(format!("API socket {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    exit_watcher(exit.clone(), events_tx.clone());
+
+    vcpu::install_kick_handler().map_err(|e| VmError::Device(format!("signal handler: {e}")))?;
+    let buses = Arc::new(platform.buses);
+    let mut handles = Vec::new();
+    for (id, v) in vcpus.into_iter().enumerate() {
+        let (b, c, n, x, e) = (
+            buses.clone(),
+            control.clone(),
+            shared.counters[id].clone(),
+            exit.clone(),
+            events_tx.clone(),
+        );
+        let h = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || vcpu::run_loop(id as u32, v, b, c, n, x, e))
+            .map_err(|e| VmError::Device(format!("cannot start vCPU thread: {e}")))?;
+        {
+            use std::os::unix::thread::JoinHandleExt;
+            shared
+                .threads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(h.as_pthread_t());
+        }
+        handles.push(h);
+    }
+    shared.transition(Verb::Start).map_err(VmError::Config)?;
+
+    // Whatever ends the VM arrives here; a closed channel means everyone else is gone.
+    let outcome = match events.recv() {
+        Err(_) | Ok(Event::ApiStop | Event::ConsoleQuit) => Ok(VmOutcome::Stopped),
+        Ok(Event::Guest(ExitReason::PowerOff)) => Ok(VmOutcome::PowerOff),
+        Ok(Event::Guest(ExitReason::Reset) | Event::Vcpu(VcpuEvent::Reset(_))) => {
+            Ok(VmOutcome::Reset)
+        }
+        Ok(Event::Vcpu(VcpuEvent::Shutdown(id))) => Err(VmError::TripleFault(id)),
+        Ok(Event::Vcpu(VcpuEvent::Failed(id, why))) => Err(VmError::Vcpu(id, why)),
+    };
+
+    {
+        let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        *st = VmState::Stopped;
+    }
+    let threads = shared
+        .threads
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    control.set(Run::Stopping, &threads);
+    for h in handles {
+        while !h.is_finished() {
+            vcpu::kick_all(&[std::os::unix::thread::JoinHandleExt::as_pthread_t(&h)]);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let _ = h.join();
+    }
+    drop(console);
+    outcome
+}
+
+/// Forwards the devices' exit signal (poweroff, reset) to the VMM's event channel.
+fn exit_watcher(exit: Arc<ExitSignal>, events: Sender<Event>) {
+    std::thread::spawn(move || {
+        let mut pfd = libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(exit.fd()),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        loop {
+            // SAFETY: pfd is a valid pollfd for the duration of the call.
+            let r = unsafe { libc::poll(&mut pfd, 1, -1) };
+            if r > 0 {
+                if let Some(reason) = exit.reason() {
+                    let _ = events.send(Event::Guest(reason));
+                    return;
+                }
+                let _ = exit.fd().read();
+            }
+        }
+    });
+}
