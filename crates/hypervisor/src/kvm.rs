@@ -94,12 +94,51 @@ impl Hypervisor for KvmHypervisor {
             ..Default::default()
         };
         vm.create_pit2(pit).map_err(ioctl_err("KVM_CREATE_PIT2"))?;
+        vm.set_gsi_routing(&pc_irq_routing()?)
+            .map_err(ioctl_err("KVM_SET_GSI_ROUTING"))?;
         let supported = self
             .kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(ioctl_err("KVM_GET_SUPPORTED_CPUID"))?;
         Ok(Box::new(KvmVm { vm, supported }))
     }
+}
+
+/// The PC's interrupt wiring: ISA IRQs 0-15 on the two 8259s, and every GSI on the IOAPIC pin
+/// of the same number except IRQ 0 (the PIT), which a PC wires to IOAPIC pin 2. The MADT tells
+/// the guest so (an ISA override IRQ 0 -> GSI 2); KVM's default routing would put the PIT on
+/// pin 0 instead, and the guest would never see a timer tick through the IOAPIC.
+fn pc_irq_routing() -> Result<kvm_bindings::KvmIrqRouting> {
+    use kvm_bindings::{
+        kvm_irq_routing_entry, kvm_irq_routing_entry__bindgen_ty_1, kvm_irq_routing_irqchip,
+        KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP,
+    };
+    let route = |gsi: u32, irqchip: u32, pin: u32| kvm_irq_routing_entry {
+        gsi,
+        type_: KVM_IRQ_ROUTING_IRQCHIP,
+        u: kvm_irq_routing_entry__bindgen_ty_1 {
+            irqchip: kvm_irq_routing_irqchip { irqchip, pin },
+        },
+        ..Default::default()
+    };
+    let mut entries = Vec::new();
+    for irq in (0..16).filter(|&i| i != 2) {
+        let (chip, pin) = if irq < 8 {
+            (KVM_IRQCHIP_PIC_MASTER, irq)
+        } else {
+            (KVM_IRQCHIP_PIC_SLAVE, irq - 8)
+        };
+        entries.push(route(irq, chip, pin));
+    }
+    for gsi in (0..24).filter(|&g| g != 2) {
+        entries.push(route(
+            gsi,
+            KVM_IRQCHIP_IOAPIC,
+            if gsi == 0 { 2 } else { gsi },
+        ));
+    }
+    kvm_bindings::KvmIrqRouting::from_entries(&entries)
+        .map_err(|_| Error::Unsupported("too many interrupt routes".into()))
 }
 
 struct KvmVm {
