@@ -104,3 +104,44 @@ fn initrd_larger_than_memory() {
         &["initrd"],
     );
 }
+
+#[test]
+fn emulator_backend_is_refused_clearly_until_it_exists() {
+    expect_error(
+        &[
+            "--kernel",
+            &good_kernel(),
+            "--memory",
+            "64M",
+            "--accel",
+            "emu",
+        ],
+        &["not built yet"],
+    );
+}
+
+/// On a host whose /dev/kvm is the nested kvm_pvm, a 64-bit kernel can never run under KVM:
+/// `vireo run` must say so at once (both with --accel kvm and auto) instead of hanging.
+#[test]
+fn unusable_kvm_for_a_64bit_kernel_is_an_error_not_a_hang() {
+    if !std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        // With a real KVM the 64-bit ELF payload must boot: the hello_elf64 test checks it.
+        let run = run_kernel(&payload_as("hello", ElfClass::Elf64), MEMORY_ARG, &[]);
+        assert!(run.status.success(), "{}", run.dump());
+        return;
+    }
+    let k = payload_as("hello", ElfClass::Elf64);
+    for accel in ["kvm", "auto"] {
+        expect_error(
+            &[
+                "--kernel",
+                k.to_str().unwrap(),
+                "--memory",
+                "64M",
+                "--accel",
+                accel,
+            ],
+            &["kvm_pvm"],
+        );
+    }
+}

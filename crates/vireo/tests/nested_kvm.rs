@@ -64,6 +64,18 @@ for n in 1 2; do
       --cmdline "console=ttyS0 reboot=k panic=-1"
   echo "OUTER: VIREO_EXIT=$?"
 done
+# Graceful shutdown through the API: the ACPI power button, which the guest's acpid turns
+# into poweroff; the inner console goes to a file, which also shows when the guest is up.
+/nested/vireo run --accel kvm --memory 256M --console file=/inner.log \
+    --api-socket /api.sock --kernel /nested/vmlinuz --initrd /nested/inner.cpio.gz \
+    --cmdline "console=ttyS0 reboot=k panic=-1" </dev/null &
+pid=$!
+for i in $(seq 600); do grep -q "vireo guest ready" /inner.log 2>/dev/null && break; sleep 0.2; done
+sleep 1
+/nested/vireo vm info --api-socket /api.sock | grep -q '"Running"' && echo "OUTER: API says Running"
+/nested/vireo vm shutdown --api-socket /api.sock && echo "OUTER: power button pressed"
+wait $pid
+echo "OUTER: SHUTDOWN_EXIT=$?"
 poweroff -f
 "#;
 
@@ -246,14 +258,21 @@ fn linux_boots_under_nested_kvm_with_1_and_2_vcpus() {
             assert_eq!(counts.len(), 2, "{out}");
             assert!(counts.iter().all(|&c| c > 0), "{out}");
         }
-        con.send("poweroff");
+        // 1 vCPU: ACPI S5; 2 vCPUs: reboot through the i8042 reset line (reboot=k).
+        con.send(if cpus == 1 { "poweroff" } else { "reboot" });
         let tail = con.expect("OUTER: VIREO_EXIT=", Duration::from_secs(120));
         assert!(!tail.contains("vireo: error"), "{tail}");
         let status = con.expect("\n", Duration::from_secs(5));
-        assert_eq!(
-            status.trim(),
-            "0",
-            "vireo run must end with status 0 after poweroff"
-        );
+        assert_eq!(status.trim(), "0", "vireo run must end with status 0");
     }
+    con.expect("OUTER: API says Running", Duration::from_secs(240));
+    con.expect("OUTER: power button pressed", Duration::from_secs(30));
+    let status = con.expect("OUTER: SHUTDOWN_EXIT=", Duration::from_secs(120));
+    assert!(!status.contains("vireo: error"), "{status}");
+    let status = con.expect("\n", Duration::from_secs(5));
+    assert_eq!(
+        status.trim(),
+        "0",
+        "graceful shutdown must end vireo run with status 0"
+    );
 }
