@@ -180,19 +180,11 @@ impl AcpiPm {
 
 impl BusDevice for AcpiPm {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = offset
-                .checked_add(i as u64)
-                .map_or(0xff, |o| self.read_byte(o));
-        }
+        crate::bus::split_read(offset, data, |o| self.read_byte(o));
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        for (i, &b) in data.iter().enumerate() {
-            if let Some(o) = offset.checked_add(i as u64) {
-                self.write_byte(o, b);
-            }
-        }
+        crate::bus::split_write(offset, data, |o, b| self.write_byte(o, b));
         self.update_sci();
     }
 }

@@ -12,6 +12,23 @@ pub trait BusDevice: Send {
     fn write(&mut self, offset: u64, data: &[u8]);
 }
 
+/// Splits a read into byte reads of consecutive registers, as the ISA bus does for an 8-bit
+/// device (a 16-bit `in` from port 0x70 reads 0x70 and 0x71). Offsets that would wrap read 0xff.
+pub fn split_read(offset: u64, data: &mut [u8], mut read_byte: impl FnMut(u64) -> u8) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = offset.checked_add(i as u64).map_or(0xff, &mut read_byte);
+    }
+}
+
+/// Splits a write into byte writes of consecutive registers; see [`split_read`].
+pub fn split_write(offset: u64, data: &[u8], mut write_byte: impl FnMut(u64, u8)) {
+    for (i, &b) in data.iter().enumerate() {
+        if let Some(o) = offset.checked_add(i as u64) {
+            write_byte(o, b);
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     #[error("bus range {base:#x}+{len:#x} overlaps an existing device")]

@@ -406,20 +406,11 @@ impl Cmos {
 /// 16-bit write to port 0x70 sets the index and then writes the data port, which some guests do.
 impl BusDevice for Cmos {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = match offset.checked_add(i as u64) {
-                Some(o) => self.read_byte(o),
-                None => 0xff,
-            };
-        }
+        crate::bus::split_read(offset, data, |o| self.read_byte(o));
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        for (i, &b) in data.iter().enumerate() {
-            if let Some(o) = offset.checked_add(i as u64) {
-                self.write_byte(o, b);
-            }
-        }
+        crate::bus::split_write(offset, data, |o, b| self.write_byte(o, b));
     }
 }
 

@@ -380,20 +380,11 @@ impl I8042 {
 /// does for an 8-bit device.
 impl BusDevice for I8042 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = match offset.checked_add(i as u64) {
-                Some(o) => self.read_byte(o),
-                None => 0xff,
-            };
-        }
+        crate::bus::split_read(offset, data, |o| self.read_byte(o));
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        for (i, &b) in data.iter().enumerate() {
-            if let Some(o) = offset.checked_add(i as u64) {
-                self.write_byte(o, b);
-            }
-        }
+        crate::bus::split_write(offset, data, |o, b| self.write_byte(o, b));
     }
 }
 
