@@ -51,6 +51,7 @@ pub mod ports {
     pub const COM1: u16 = 0x3f8;
     pub const COM1_IRQ: u32 = 4;
     pub const I8042: u16 = 0x60; // data 0x60, command/status 0x64
+    pub const I8042_IRQ: u32 = 1;
     pub const CMOS: u16 = 0x70; // index 0x70, data 0x71
     pub const PCI_CONFIG: u16 = 0xcf8; // address 0xcf8, data 0xcfc..0xcff
     /// ACPI PM1a event block: status (2 bytes) then enable (2 bytes).

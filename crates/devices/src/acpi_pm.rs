@@ -5,7 +5,7 @@
 //! PWRBTN_STS raises the SCI, and the guest's ACPI driver starts an orderly shutdown).
 //!
 //! One device serves both blocks, because the Vireo layout places them back to back: insert it on
-//! the port I/O bus at [`PM1A_EVT_BASE`] (0x600) with length [`ACPI_PM_LEN`] (6):
+//! the port I/O bus at the FADT's PM1a_EVT_BLK (0x600 on Vireo's machine) with length [`ACPI_PM_LEN`] (6):
 //!
 //! | offset | port  | register                 |
 //! |--------|-------|--------------------------|
@@ -27,8 +27,6 @@ use std::sync::Arc;
 
 use crate::{BusDevice, ExitReason, ExitSignal, IrqLine};
 
-/// Conventional base port of the combined block (PM1a_EVT_BLK; PM1a_CNT_BLK follows at +4).
-pub const PM1A_EVT_BASE: u64 = 0x600;
 /// Length of the combined event (4 bytes) and control (2 bytes) blocks.
 pub const ACPI_PM_LEN: u64 = 6;
 

@@ -50,9 +50,10 @@ impl KvmHypervisor {
                 )));
             }
         }
+        let pvm = Self::nested_pvm();
         let caps = Capabilities {
-            long_mode: Self::nested_pvm().is_none(),
-            long_mode_note: Self::nested_pvm(),
+            long_mode: pvm.is_none(),
+            long_mode_note: pvm,
             max_vcpus: kvm.get_max_vcpus().min(254),
         };
         Ok(Self { kvm, caps })

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod config;
 pub mod console;
+mod load;
 pub mod memory;
 mod platform;
 pub mod state;

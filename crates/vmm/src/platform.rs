@@ -6,13 +6,21 @@ use crate::vm::VmError;
 use std::sync::{Arc, Mutex};
 use vireo_arch::layout::{self, ports};
 use vireo_devices::{
-    acpi_pm::AcpiPm,
-    cmos::Cmos,
-    i8042::I8042,
-    pci::{PciConfigIo, PciConfigMmio, PciRoot},
-    serial::Serial,
+    acpi_pm::{self, AcpiPm},
+    cmos::{Cmos, CMOS_LEN},
+    i8042::{I8042, I8042_LEN},
+    pci::{PciConfigIo, PciConfigMmio, PciRoot, ECAM_BUS_SIZE, PCI_CONFIG_IO_LEN},
+    serial::{Serial, SERIAL_LEN},
     Bus, BusDevice, ExitSignal, IrqLine,
 };
+
+// The ACPI tables (arch) describe what the devices implement: keep the two in step.
+const _: () = assert!(acpi_pm::S5_SLP_TYP == ports::S5_SLP_TYP as u16);
+const _: () = assert!(
+    acpi_pm::ACPI_PM_LEN == (ports::PM1A_EVT_LEN + ports::PM1A_CNT_LEN) as u64
+        && ports::PM1A_CNT == ports::PM1A_EVT + ports::PM1A_EVT_LEN as u16
+);
+const _: () = assert!(ECAM_BUS_SIZE == layout::ECAM_SIZE);
 
 pub struct Platform {
     pub buses: Buses,
@@ -40,29 +48,32 @@ impl Platform {
             bus.insert(base, len, dev)
                 .map_err(|e| VmError::Device(e.to_string()))
         };
-        add(&mut pio, ports::COM1.into(), 8, serial.clone())?;
+        add(&mut pio, ports::COM1.into(), SERIAL_LEN, serial.clone())?;
         add(
             &mut pio,
             ports::I8042.into(),
-            5,
-            Arc::new(Mutex::new(I8042::new(exit.clone(), Some(line(1))))),
+            I8042_LEN,
+            Arc::new(Mutex::new(I8042::new(
+                exit.clone(),
+                Some(line(ports::I8042_IRQ)),
+            ))),
         )?;
         add(
             &mut pio,
             ports::CMOS.into(),
-            2,
+            CMOS_LEN,
             Arc::new(Mutex::new(Cmos::new(low, high))),
         )?;
         add(
             &mut pio,
             ports::PCI_CONFIG.into(),
-            8,
+            PCI_CONFIG_IO_LEN,
             Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
         )?;
         add(
             &mut pio,
             ports::PM1A_EVT.into(),
-            vireo_devices::acpi_pm::ACPI_PM_LEN,
+            acpi_pm::ACPI_PM_LEN,
             acpi_pm.clone(),
         )?;
         add(

@@ -2,7 +2,7 @@
 //! and the pause/stop handshake with the VMM.
 
 use serde::Serialize;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering, Ordering::Relaxed};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -58,53 +58,57 @@ impl ExitCounters {
 
 /// What the VMM wants the vCPU threads to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Run {
-    Running,
-    Paused,
-    Stopping,
+    Running = 0,
+    Paused = 1,
+    Stopping = 2,
 }
 
 /// Shared between the VMM and all vCPU threads.
+///
+/// The wish is an atomic so that the vCPU loop checks it after every exit without a lock; the
+/// mutex and condvar only serve parking while paused.
+#[derive(Default)]
 pub struct Control {
-    want: Mutex<(Run, usize)>, // (what the VMM wants, how many vCPUs have parked)
+    want: AtomicU8,
+    parked: Mutex<usize>,
     cv: Condvar,
 }
 
-impl Default for Control {
-    fn default() -> Self {
-        Self {
-            want: Mutex::new((Run::Running, 0)),
-            cv: Condvar::new(),
+impl Control {
+    pub fn wanted(&self) -> Run {
+        match self.want.load(Ordering::Acquire) {
+            0 => Run::Running,
+            1 => Run::Paused,
+            _ => Run::Stopping,
         }
     }
-}
 
-impl Control {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (Run, usize)> {
-        self.want.lock().unwrap_or_else(|p| p.into_inner())
+    fn parked(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.parked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn wanted(&self) -> Run {
-        self.lock().0
-    }
-
-    /// Asks every vCPU to `run` and, for pause, waits until all `n` have parked. The threads
+    /// Asks every vCPU to `run`; for a pause, returns once all of them have parked. Threads
     /// are kicked repeatedly because a kick that lands just before `KVM_RUN` is lost.
     pub fn set(&self, run: Run, threads: &[libc::pthread_t]) {
-        self.lock().0 = run;
-        self.cv.notify_all();
+        {
+            // Under the lock, so a vCPU between its check and its wait cannot miss the change.
+            let _g = self.parked();
+            self.want.store(run as u8, Ordering::Release);
+            self.cv.notify_all();
+        }
         if run != Run::Paused {
-            kick_all(threads);
             return;
         }
-        let mut g = self.lock();
-        while g.0 == Run::Paused && g.1 < threads.len() {
-            drop(g);
+        let mut parked = self.parked();
+        while self.wanted() == Run::Paused && *parked < threads.len() {
+            drop(parked);
             kick_all(threads);
-            g = self.lock();
-            g = self
+            parked = self.parked();
+            parked = self
                 .cv
-                .wait_timeout(g, Duration::from_millis(2))
+                .wait_timeout(parked, Duration::from_millis(2))
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
@@ -112,16 +116,16 @@ impl Control {
 
     /// Called by a vCPU thread between runs: parks while paused. Returns false to stop.
     fn checkpoint(&self) -> bool {
-        let mut g = self.lock();
-        if g.0 == Run::Paused {
-            g.1 += 1;
+        let mut parked = self.parked();
+        if self.wanted() == Run::Paused {
+            *parked += 1;
             self.cv.notify_all();
-            while g.0 == Run::Paused {
-                g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
+            while self.wanted() == Run::Paused {
+                parked = self.cv.wait(parked).unwrap_or_else(|p| p.into_inner());
             }
-            g.1 -= 1;
+            *parked -= 1;
         }
-        g.0 != Run::Stopping
+        self.wanted() != Run::Stopping
     }
 }
 

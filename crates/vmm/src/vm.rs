@@ -3,14 +3,12 @@
 use crate::config::{Accel, VmConfig};
 use crate::state::{Verb, VmState};
 use crate::vcpu::{self, Control, ExitCounters, Run, VcpuEvent};
-use crate::{api, console, memory};
-use std::fs::File;
+use crate::{api, console, load, memory};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
-use vireo_arch::{acpi, boot, cpuid, layout, loader};
+use vireo_arch::{cpuid, loader};
 use vireo_devices::{acpi_pm::AcpiPm, ExitReason, ExitSignal, IrqLine};
 use vireo_hypervisor::{kvm::KvmHypervisor, Hypervisor};
-use vm_memory::{GuestAddress, ReadVolatile};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -144,100 +142,14 @@ fn pick_backend(accel: Accel, needs_long_mode: bool) -> Result<Box<dyn Hyperviso
 /// Builds the VM described by `cfg`, runs it to the end, and says how it ended.
 pub fn run_vm(cfg: VmConfig) -> Result<VmOutcome, VmError> {
     cfg.validate().map_err(VmError::Config)?;
-    let kernel_path = cfg.kernel.display().to_string();
-    let mut kernel_file = File::open(&cfg.kernel).map_err(|source| VmError::Kernel {
-        path: kernel_path.clone(),
-        source,
-    })?;
-    let initrd = match &cfg.initrd {
-        Some(p) => {
-            let path = p.display().to_string();
-            let f = File::open(p).map_err(|source| VmError::Initrd {
-                path: path.clone(),
-                source,
-            })?;
-            let size = f
-                .metadata()
-                .map_err(|source| VmError::Initrd { path, source })?
-                .len();
-            if size >= cfg.memory {
-                return Err(VmError::Config(format!(
-                    "the initrd {} ({} MiB) does not fit in --memory {} MiB; give the VM more memory",
-                    p.display(),
-                    size >> 20,
-                    cfg.memory >> 20
-                )));
-            }
-            Some((f, size))
-        }
-        None => None,
-    };
-    if cfg.cmdline.len() + 1 > layout::CMDLINE_MAX {
-        return Err(VmError::Config(format!(
-            "--cmdline is {} bytes; the limit is {}",
-            cfg.cmdline.len(),
-            layout::CMDLINE_MAX - 1
-        )));
-    }
-
     let mem = memory::create(cfg.memory)?;
-    let ram_end = cfg.memory.min(layout::LOW_RAM_END);
-    let kernel =
-        loader::load_kernel(&mem, ram_end, &mut kernel_file).map_err(|source| VmError::Load {
-            path: kernel_path.clone(),
-            source,
-        })?;
-    let hv = pick_backend(cfg.accel, kernel.needs_long_mode)?;
-    tracing::info!(backend = hv.name(), "loaded kernel {kernel_path}");
-
-    let mut cmdline = cfg.cmdline.clone().into_bytes();
-    cmdline.push(0);
-    vm_memory::Bytes::write_slice(&mem, &cmdline, GuestAddress(layout::CMDLINE))
-        .map_err(|e| VmError::Config(format!("cannot write the command line: {e}")))?;
-    let initrd_at = match initrd {
-        Some((mut f, size)) => {
-            let limit = match kernel.entry {
-                loader::Entry::Linux64 { header, .. } if header.initrd_addr_max != 0 => {
-                    u64::from(header.initrd_addr_max) + 1
-                }
-                _ => u64::MAX,
-            };
-            let addr = boot::place_initrd(kernel.end, ram_end, limit, size).map_err(|_| {
-                VmError::Config(format!(
-                    "the initrd ({} MiB) does not fit in guest memory above the kernel; give the VM more --memory",
-                    size >> 20
-                ))
-            })?;
-            let mut slice =
-                vm_memory::GuestMemoryBackend::get_slice(&mem, GuestAddress(addr), size as usize)
-                    .map_err(|e| VmError::Config(format!("initrd: {e}")))?;
-            f.read_exact_volatile(&mut slice)
-                .map_err(|e| VmError::Config(format!("cannot read the initrd: {e}")))?;
-            Some((addr, size))
-        }
-        None => None,
-    };
-    let rsdp = acpi::create_acpi_tables(
-        &mem,
-        &acpi::AcpiConfig {
-            num_cpus: cfg.cpus as u8,
-        },
-    )
-    .map_err(|e| VmError::Acpi(e.to_string()))?;
-    let (regs, sregs) = boot::write_boot_params(
-        &mem,
-        &kernel,
-        &boot::BootInfo {
-            mem_size: cfg.memory,
-            cmdline_len: cmdline.len(),
-            initrd: initrd_at,
-            rsdp,
-        },
-    )
-    .map_err(|source| VmError::Load {
-        path: kernel_path,
-        source,
-    })?;
+    let guest = load::load_guest(&cfg, &mem)?;
+    let hv = pick_backend(cfg.accel, guest.kernel.needs_long_mode)?;
+    tracing::info!(
+        backend = hv.name(),
+        "loaded kernel {}",
+        cfg.kernel.display()
+    );
 
     let vm: Arc<dyn vireo_hypervisor::Vm> = Arc::from(hv.create_vm()?);
     memory::map_into(vm.as_ref(), &mem)?;
@@ -255,22 +167,7 @@ pub fn run_vm(cfg: VmConfig) -> Result<VmOutcome, VmError> {
     let console = console::Console::start(&cfg.console, platform.serial.clone(), events_tx.clone())
         .map_err(|e| VmError::Device(format!("console: {e}")))?;
 
-    let supported = vm.supported_cpuid()?;
-    let mut vcpus = Vec::new();
-    for id in 0..cfg.cpus {
-        let mut v = vm.create_vcpu(id)?;
-        v.set_cpuid(&cpuid::vcpu_cpuid(&supported, id, cfg.cpus))?;
-        if kernel.needs_long_mode {
-            v.set_msrs(&cpuid::boot_msrs())?;
-        }
-        v.reset_fpu()?;
-        v.setup_lapic()?;
-        if id == 0 {
-            v.set_sregs(&sregs)?;
-            v.set_regs(&regs)?;
-        }
-        vcpus.push(v);
-    }
+    let vcpus = create_vcpus(vm.as_ref(), &cfg, &guest)?;
 
     let control = Arc::new(Control::default());
     let shared = Arc::new(VmShared {
@@ -349,6 +246,31 @@ pub fn run_vm(cfg: VmConfig) -> Result<VmOutcome, VmError> {
     }
     drop(console);
     outcome
+}
+
+/// Creates and configures every vCPU; vCPU 0 gets the boot entry state.
+fn create_vcpus(
+    vm: &dyn vireo_hypervisor::Vm,
+    cfg: &VmConfig,
+    guest: &load::LoadedGuest,
+) -> Result<Vec<Box<dyn vireo_hypervisor::Vcpu>>, VmError> {
+    let supported = vm.supported_cpuid()?;
+    (0..cfg.cpus)
+        .map(|id| {
+            let mut v = vm.create_vcpu(id)?;
+            v.set_cpuid(&cpuid::vcpu_cpuid(&supported, id, cfg.cpus))?;
+            if guest.kernel.needs_long_mode {
+                v.set_msrs(&cpuid::boot_msrs())?;
+            }
+            v.reset_fpu()?;
+            v.setup_lapic()?;
+            if id == 0 {
+                v.set_sregs(&guest.sregs)?;
+                v.set_regs(&guest.regs)?;
+            }
+            Ok(v)
+        })
+        .collect()
 }
 
 /// Forwards the devices' exit signal (poweroff, reset) to the VMM's event channel.
