@@ -1,9 +1,10 @@
 //! Linux under `--accel kvm`, nested: QEMU TCG (`-cpu max` exposes AMD SVM with nested
 //! paging) boots the Debian cloud kernel with `kvm` and `kvm-amd` loaded; inside it a static
-//! `vireo` boots the same stock kernel and the image's busybox initramfs with `--accel kvm`,
-//! once with 1 vCPU and once with 2. The test types commands into the inner guest's shell
-//! through both serial consoles and checks the answers, then `poweroff` must end `vireo run`
-//! with status 0.
+//! `vireo` boots the same stock kernel and the image's busybox initramfs with `--accel kvm`:
+//! the bzImage with 1 vCPU and with 2, then the ELF vmlinux inside it through its PVH entry.
+//! The test types commands into the inner guest's shell through both serial consoles and
+//! checks the answers; `poweroff`, `reboot` and the API's graceful shutdown must each end
+//! `vireo run` with status 0.
 //!
 //! This is the only way to run a 64-bit Linux guest under KVM on machines whose `/dev/kvm`
 //! is `kvm_pvm` (see ARCHITECTURE.md); on a machine with a real `/dev/kvm` it works the same.
@@ -50,6 +51,34 @@ fn static_vireo() -> PathBuf {
     target_dir.join("x86_64-unknown-linux-gnu/release/vireo")
 }
 
+/// The ELF `vmlinux` inside a bzImage (its payload is LZ4, legacy frame format), decompressed
+/// with the `lz4` tool, as the kernel's own scripts/extract-vmlinux does.
+fn extract_vmlinux(bzimage: &Path) -> Vec<u8> {
+    let data = std::fs::read(bzimage).unwrap();
+    let at = data
+        .windows(4)
+        .position(|w| w == [0x02, 0x21, 0x4c, 0x18])
+        .expect("the bzImage payload is not LZ4");
+    let mut lz4 = Command::new("lz4")
+        .args(["-dc", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run lz4 (apt-get install lz4)");
+    let mut input = lz4.stdin.take().unwrap();
+    let payload = data[at..].to_vec();
+    // lz4 stops at the end of its stream and may close stdin early: trailing bytes are fine.
+    let feeder = std::thread::spawn(move || input.write_all(&payload));
+    let out = lz4.wait_with_output().unwrap();
+    let _ = feeder.join();
+    assert!(
+        out.stdout.starts_with(b"\x7fELF"),
+        "lz4 did not yield an ELF"
+    );
+    out.stdout
+}
+
 /// The outer guest's /init: load KVM, then boot the inner VM with 1 and then 2 vCPUs.
 const OUTER_INIT: &str = r#"#!/bin/sh
 mount -t proc proc /proc
@@ -57,10 +86,11 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in irqbypass kvm kvm-amd; do insmod /nested/$m.ko || echo "OUTER: insmod $m failed"; done
 [ -c /dev/kvm ] && echo "OUTER: /dev/kvm ready"
-for n in 1 2; do
-  echo "OUTER: booting inner guest with $n vCPUs"
-  /nested/vireo run --accel kvm --cpus $n --memory 256M \
-      --kernel /nested/vmlinuz --initrd /nested/inner.cpio.gz \
+for run in "vmlinuz 1" "vmlinuz 2" "vmlinux 1"; do
+  set -- $run
+  echo "OUTER: booting inner guest $1 with $2 vCPUs"
+  /nested/vireo run --accel kvm --cpus $2 --memory 256M \
+      --kernel /nested/$1 --initrd /nested/inner.cpio.gz \
       --cmdline "console=ttyS0 reboot=k panic=-1"
   echo "OUTER: VIREO_EXIT=$?"
 done
@@ -134,7 +164,9 @@ impl Drop for KillOnDrop {
 
 #[test]
 fn linux_boots_under_nested_kvm_with_1_and_2_vcpus() {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("nested-kvm");
+    // Per process: two concurrent runs must not overwrite each other's outer initrd.
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("nested-kvm-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let img = image(&dir.join("image"));
     let vireo = static_vireo();
@@ -150,6 +182,7 @@ fn linux_boots_under_nested_kvm_with_1_and_2_vcpus() {
         0o644,
         &std::fs::read(&img.kernel).unwrap(),
     );
+    overlay.add_file("nested/vmlinux", 0o644, &extract_vmlinux(&img.kernel));
     overlay.add_file(
         "nested/inner.cpio.gz",
         0o644,
@@ -220,15 +253,16 @@ fn linux_boots_under_nested_kvm_with_1_and_2_vcpus() {
     };
 
     con.expect("OUTER: /dev/kvm ready", Duration::from_secs(120));
-    for cpus in [1, 2] {
+    // The bzImage (64-bit boot protocol) with 1 and 2 vCPUs, then the ELF vmlinux (PVH entry).
+    for (kernel, cpus) in [("vmlinuz", 1), ("vmlinuz", 2), ("vmlinux", 1)] {
         let started = Instant::now();
         con.expect(
-            &format!("OUTER: booting inner guest with {cpus} vCPUs"),
+            &format!("OUTER: booting inner guest {kernel} with {cpus} vCPUs"),
             Duration::from_secs(60),
         );
         con.expect("vireo guest ready", Duration::from_secs(240));
         eprintln!(
-            "inner guest with {cpus} vCPUs ready after {:?}",
+            "inner guest {kernel} with {cpus} vCPUs ready after {:?}",
             started.elapsed()
         );
         // ash's line editor queries the terminal (ESC[6n) at each prompt and can swallow
@@ -246,6 +280,10 @@ fn linux_boots_under_nested_kvm_with_1_and_2_vcpus() {
             con.run("echo round-trip-data > /tmp/f && cat /tmp/f"),
             "round-trip-data"
         );
+        // The host bridge, found through the DSDT's PCI0 and the MCFG's ECAM window.
+        assert_eq!(con.run("cat /sys/bus/pci/devices/*/vendor"), "0x8086");
+        let reserved = con.run("dmesg | grep -c 'MMCONFIG.*reserved'");
+        assert!(reserved.parse::<u32>().is_ok_and(|n| n > 0), "{reserved}");
         if cpus == 2 {
             // Both CPUs take interrupts: the scheduler really uses the second one.
             let out = con.run("grep -E '^ *LOC:' /proc/interrupts");
@@ -258,7 +296,7 @@ fn linux_boots_under_nested_kvm_with_1_and_2_vcpus() {
             assert_eq!(counts.len(), 2, "{out}");
             assert!(counts.iter().all(|&c| c > 0), "{out}");
         }
-        // 1 vCPU: ACPI S5; 2 vCPUs: reboot through the i8042 reset line (reboot=k).
+        // ACPI S5, except with 2 vCPUs: reboot through the i8042 reset line (reboot=k).
         con.send(if cpus == 1 { "poweroff" } else { "reboot" });
         let tail = con.expect("OUTER: VIREO_EXIT=", Duration::from_secs(120));
         assert!(!tail.contains("vireo: error"), "{tail}");
@@ -275,4 +313,5 @@ fn linux_boots_under_nested_kvm_with_1_and_2_vcpus() {
         "0",
         "graceful shutdown must end vireo run with status 0"
     );
+    let _ = std::fs::remove_dir_all(&dir);
 }
