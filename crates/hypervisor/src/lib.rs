@@ -98,6 +98,12 @@ pub trait Vm: Send + Sync {
     fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>>;
 }
 
+/// Interrupts a vCPU's `run` from another thread, for backends that a signal cannot reach
+/// (a software CPU does not return on `EINTR`).
+pub trait Kick: Send + Sync {
+    fn kick(&self);
+}
+
 /// A virtual CPU. Runs on the thread that created it (KVM requires this for performance).
 pub trait Vcpu: Send {
     fn set_regs(&mut self, regs: &Regs) -> Result<()>;
@@ -115,6 +121,11 @@ pub trait Vcpu: Send {
     /// Makes the next [`Vcpu::run`] return [`VcpuExit::Interrupted`] at once (or clears that),
     /// closing the race between a kick signal and entering the guest.
     fn set_immediate_exit(&mut self, on: bool);
+    /// How to interrupt `run` from another thread besides the kick signal, if the backend
+    /// needs one.
+    fn kicker(&self) -> Option<std::sync::Arc<dyn Kick>> {
+        None
+    }
 }
 
 /// A CPU backend.

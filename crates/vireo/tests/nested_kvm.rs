@@ -9,28 +9,13 @@
 //! This is the only way to run a 64-bit Linux guest under KVM on machines whose `/dev/kvm`
 //! is `kvm_pvm` (see ARCHITECTURE.md); on a machine with a real `/dev/kvm` it works the same.
 
-use std::io::{Read, Write};
+mod common;
+
+use common::guest::{extract_vmlinux, image, workspace, Console, KillOnDrop};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use vireo_image::cpio::Archive;
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The guest image, built once and cached like `vireo image build` does.
-fn image(out: &Path) -> vireo_image::GuestImage {
-    let cache = std::env::var_os("VIREO_IMAGE_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".cache/image"));
-    vireo_image::build(&vireo_image::BuildOptions {
-        out_dir: out.to_path_buf(),
-        cache_dir: cache,
-    })
-    .expect("vireo image build")
-}
 
 /// A statically linked `vireo` that runs inside the outer guest's initramfs, which has no
 /// libc. CI builds it first and passes VIREO_STATIC_BIN; otherwise we build it here.
@@ -49,34 +34,6 @@ fn static_vireo() -> PathBuf {
         .expect("run cargo to build the static vireo");
     assert!(status.success(), "building the static vireo failed");
     target_dir.join("x86_64-unknown-linux-gnu/release/vireo")
-}
-
-/// The ELF `vmlinux` inside a bzImage (its payload is LZ4, legacy frame format), decompressed
-/// with the `lz4` tool, as the kernel's own scripts/extract-vmlinux does.
-fn extract_vmlinux(bzimage: &Path) -> Vec<u8> {
-    let data = std::fs::read(bzimage).unwrap();
-    let at = data
-        .windows(4)
-        .position(|w| w == [0x02, 0x21, 0x4c, 0x18])
-        .expect("the bzImage payload is not LZ4");
-    let mut lz4 = Command::new("lz4")
-        .args(["-dc", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run lz4 (apt-get install lz4)");
-    let mut input = lz4.stdin.take().unwrap();
-    let payload = data[at..].to_vec();
-    // lz4 stops at the end of its stream and may close stdin early: trailing bytes are fine.
-    let feeder = std::thread::spawn(move || input.write_all(&payload));
-    let out = lz4.wait_with_output().unwrap();
-    let _ = feeder.join();
-    assert!(
-        out.stdout.starts_with(b"\x7fELF"),
-        "lz4 did not yield an ELF"
-    );
-    out.stdout
 }
 
 /// The outer guest's /init: load KVM, then boot the inner VM with 1 and then 2 vCPUs.
@@ -108,59 +65,6 @@ wait $pid
 echo "OUTER: SHUTDOWN_EXIT=$?"
 poweroff -f
 "#;
-
-/// Reads everything the outer QEMU prints into a shared buffer.
-struct Console {
-    out: Arc<Mutex<String>>,
-    stdin: ChildStdin,
-    seen: usize,
-}
-
-impl Console {
-    /// Waits until `needle` appears after what was consumed so far; returns the text up to it.
-    fn expect(&mut self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            {
-                let out = self.out.lock().unwrap();
-                if let Some(i) = out[self.seen..].find(needle) {
-                    let text = out[self.seen..self.seen + i + needle.len()].to_string();
-                    self.seen += i + needle.len();
-                    return text;
-                }
-            }
-            if Instant::now() > deadline {
-                let out = self.out.lock().unwrap();
-                let tail = &out[out.len().saturating_sub(3000)..];
-                panic!("timed out waiting for {needle:?}; console tail:\n{tail}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn send(&mut self, line: &str) {
-        self.stdin.write_all(line.as_bytes()).unwrap();
-        self.stdin.write_all(b"\n").unwrap();
-        self.stdin.flush().unwrap();
-    }
-
-    /// Runs a shell command in the inner guest; returns what it printed between markers.
-    fn run(&mut self, cmd: &str) -> String {
-        // The markers are computed by the shell, so the echo of the typed line never matches.
-        self.send(&format!("echo BEGIN-$((1+1)); {cmd}; echo END-$((2+2))"));
-        self.expect("BEGIN-2", Duration::from_secs(60));
-        let text = self.expect("END-4", Duration::from_secs(60));
-        text.trim_end_matches("END-4").trim().to_string()
-    }
-}
-
-struct KillOnDrop(Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn linux_boots_under_nested_kvm_with_1_and_2_vcpus() {
@@ -230,27 +134,8 @@ fn linux_boots_under_nested_kvm_with_1_and_2_vcpus() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start qemu-system-x86_64 (apt-get install qemu-system-x86)");
-    let stdin = child.stdin.take().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
+    let mut con = Console::attach(&mut child);
     let _guard = KillOnDrop(child);
-    let out = Arc::new(Mutex::new(String::new()));
-    let sink = out.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            let s = String::from_utf8_lossy(&buf[..n]);
-            print!("{s}");
-            sink.lock().unwrap().push_str(&s);
-        }
-    });
-    let mut con = Console {
-        out,
-        stdin,
-        seen: 0,
-    };
 
     con.expect("OUTER: /dev/kvm ready", Duration::from_secs(120));
     // The bzImage (64-bit boot protocol) with 1 and 2 vCPUs, then the ELF vmlinux (PVH entry).

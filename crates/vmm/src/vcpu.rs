@@ -91,7 +91,7 @@ impl Control {
 
     /// Asks every vCPU to `run`; for a pause, returns once all of them have parked. Threads
     /// are kicked repeatedly because a kick that lands just before `KVM_RUN` is lost.
-    pub fn set(&self, run: Run, threads: &[libc::pthread_t]) {
+    pub fn set(&self, run: Run, threads: &[VcpuThread]) {
         {
             // Under the lock, so a vCPU between its check and its wait cannot miss the change.
             let _g = self.parked();
@@ -129,11 +129,22 @@ impl Control {
     }
 }
 
-pub fn kick_all(threads: &[libc::pthread_t]) {
-    for &t in threads {
-        // SAFETY: `t` is the pthread of a vCPU thread that is joined only after the VMM stops
-        // kicking; a signal with an installed handler has no other effect.
-        unsafe { libc::pthread_kill(t, kick_signal()) };
+/// How the VMM reaches a vCPU thread: the kick signal (KVM returns from `KVM_RUN` with
+/// `EINTR`) and, for backends that need it, the backend's own kicker.
+#[derive(Clone)]
+pub struct VcpuThread {
+    pub thread: libc::pthread_t,
+    pub kicker: Option<Arc<dyn vireo_hypervisor::Kick>>,
+}
+
+pub fn kick_all(threads: &[VcpuThread]) {
+    for t in threads {
+        if let Some(k) = &t.kicker {
+            k.kick();
+        }
+        // SAFETY: `t.thread` is the pthread of a vCPU thread that is joined only after the
+        // VMM stops kicking; a signal with an installed handler has no other effect.
+        unsafe { libc::pthread_kill(t.thread, kick_signal()) };
     }
 }
 

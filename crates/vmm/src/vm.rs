@@ -8,6 +8,7 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 use vireo_arch::{cpuid, loader};
 use vireo_devices::{acpi_pm::AcpiPm, ExitReason, ExitSignal, IrqLine};
+use vireo_emu::EmuHypervisor;
 use vireo_hypervisor::{kvm::KvmHypervisor, Hypervisor};
 
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +72,7 @@ pub struct VmShared {
     pub accel: &'static str,
     pub counters: Vec<Arc<ExitCounters>>,
     pub control: Arc<Control>,
-    pub threads: Mutex<Vec<libc::pthread_t>>,
+    pub threads: Mutex<Vec<vcpu::VcpuThread>>,
     pub power_button: Arc<Mutex<AcpiPm>>,
     pub events: Sender<Event>,
 }
@@ -112,9 +113,13 @@ impl IrqLine for GsiLine {
     }
 }
 
-fn pick_backend(accel: Accel, needs_long_mode: bool) -> Result<Box<dyn Hypervisor>, VmError> {
-    const NO_EMU: &str =
-        "the software emulator (--accel emu) is not built yet in this version of Vireo";
+/// Chooses the CPU backend: KVM when it can run this guest, else the emulator (`auto`), or
+/// exactly the one asked for, refusing early and clearly when it cannot run the guest.
+fn pick_backend(
+    accel: Accel,
+    needs_long_mode: bool,
+    cpus: u32,
+) -> Result<Box<dyn Hypervisor>, VmError> {
     let kvm = || -> Result<Box<dyn Hypervisor>, String> {
         let h = KvmHypervisor::new().map_err(|e| format!("KVM is not usable: {e}"))?;
         let caps = h.capabilities();
@@ -128,13 +133,27 @@ fn pick_backend(accel: Accel, needs_long_mode: bool) -> Result<Box<dyn Hyperviso
         }
         Ok(Box::new(h))
     };
+    let emu = || -> Result<Box<dyn Hypervisor>, String> {
+        let h = EmuHypervisor::new();
+        let max = h.capabilities().max_vcpus;
+        if cpus as usize > max {
+            return Err(format!(
+                "the emulator runs at most {max} vCPU per VM (SMP in the emulator comes later); use --cpus 1"
+            ));
+        }
+        Ok(Box::new(h))
+    };
     match accel {
         Accel::Kvm => kvm().map_err(|e| VmError::Accel(format!("--accel kvm: {e}"))),
-        Accel::Emu => Err(VmError::Accel(format!("--accel emu: {NO_EMU}"))),
-        Accel::Auto => kvm().map_err(|e| {
-            VmError::Accel(format!(
-                "no CPU backend can run this guest: {e}; and {NO_EMU}"
-            ))
+        Accel::Emu => emu().map_err(|e| VmError::Accel(format!("--accel emu: {e}"))),
+        Accel::Auto => kvm().or_else(|why_not_kvm| {
+            let h = emu().map_err(|e| {
+                VmError::Accel(format!(
+                    "no CPU backend can run this guest: {why_not_kvm}; and {e}"
+                ))
+            })?;
+            tracing::info!("{why_not_kvm}; using the emulator");
+            Ok(h)
         }),
     }
 }
@@ -144,7 +163,7 @@ pub fn run_vm(cfg: VmConfig) -> Result<VmOutcome, VmError> {
     cfg.validate().map_err(VmError::Config)?;
     let mem = memory::create(cfg.memory)?;
     let guest = load::load_guest(&cfg, &mem)?;
-    let hv = pick_backend(cfg.accel, guest.kernel.needs_long_mode)?;
+    let hv = pick_backend(cfg.accel, guest.kernel.needs_long_mode, cfg.cpus)?;
     tracing::info!(
         backend = hv.name(),
         "loaded kernel {}",
@@ -193,6 +212,7 @@ pub fn run_vm(cfg: VmConfig) -> Result<VmOutcome, VmError> {
     let buses = Arc::new(platform.buses);
     let mut handles = Vec::new();
     for (id, v) in vcpus.into_iter().enumerate() {
+        let kicker = v.kicker();
         let (b, c, n, x, e) = (
             buses.clone(),
             control.clone(),
@@ -210,7 +230,10 @@ pub fn run_vm(cfg: VmConfig) -> Result<VmOutcome, VmError> {
                 .threads
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push(h.as_pthread_t());
+                .push(vcpu::VcpuThread {
+                    thread: h.as_pthread_t(),
+                    kicker,
+                });
         }
         handles.push(h);
     }
@@ -237,9 +260,9 @@ pub fn run_vm(cfg: VmConfig) -> Result<VmOutcome, VmError> {
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     control.set(Run::Stopping, &threads);
-    for h in handles {
+    for (h, t) in handles.into_iter().zip(threads) {
         while !h.is_finished() {
-            vcpu::kick_all(&[std::os::unix::thread::JoinHandleExt::as_pthread_t(&h)]);
+            vcpu::kick_all(std::slice::from_ref(&t));
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         let _ = h.join();

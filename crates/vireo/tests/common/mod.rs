@@ -8,6 +8,8 @@
 // Each test crate uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod guest;
+
 use std::collections::HashMap;
 use std::fs;
 use std::io::Read;

@@ -1,0 +1,128 @@
+//! Integer instructions: data movement, arithmetic and logic, multiply and divide, shifts and
+//! rotates, bit operations, conditional moves and sets, the stack (PUSH/POP), flag
+//! instructions and the NOP family.
+//!
+//! `resolve` picks a handler once per decoded instruction. Hot instructions get handlers
+//! specialized for their operand form (register/register, register/memory, ...) and, through
+//! const generics, for their operation, so that the per-execution work is a handful of loads,
+//! the operation itself and a lazy-flags record.
+
+#[path = "int_arith.rs"]
+mod arith;
+#[path = "int_bit.rs"]
+mod bit;
+#[path = "int_mov.rs"]
+mod mov;
+#[path = "int_shift.rs"]
+mod shift;
+
+#[cfg(test)]
+#[path = "int_tests.rs"]
+mod tests;
+#[cfg(test)]
+#[path = "int_tests2.rs"]
+mod tests2;
+#[cfg(test)]
+#[path = "int_tests3.rs"]
+mod tests3;
+
+use crate::cpu::{Cpu, Handler};
+use iced_x86::{ConditionCode, Instruction, OpKind, Register};
+
+pub fn resolve(ins: &Instruction) -> Option<Handler> {
+    arith::resolve(ins)
+        .or_else(|| mov::resolve(ins))
+        .or_else(|| shift::resolve(ins))
+        .or_else(|| bit::resolve(ins))
+}
+
+/// The operand forms handlers are specialized for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// A general-purpose register.
+    Reg,
+    Mem,
+    Imm,
+    /// Anything else (segment, control, debug registers, ...): not ours.
+    Other,
+}
+
+/// The form of operand `n`.
+fn form(ins: &Instruction, n: u32) -> Form {
+    match ins.op_kind(n) {
+        OpKind::Register if ins.op_register(n).is_gpr() => Form::Reg,
+        OpKind::Register => Form::Other,
+        OpKind::Memory => Form::Mem,
+        OpKind::Immediate8
+        | OpKind::Immediate16
+        | OpKind::Immediate32
+        | OpKind::Immediate64
+        | OpKind::Immediate8to16
+        | OpKind::Immediate8to32
+        | OpKind::Immediate8to64
+        | OpKind::Immediate32to64 => Form::Imm,
+        _ => Form::Other,
+    }
+}
+
+/// The condition-code number (the low nibble of the Jcc/SETcc/CMOVcc opcode).
+fn cc_num(cc: ConditionCode) -> Option<usize> {
+    use ConditionCode as C;
+    Some(match cc {
+        C::o => 0,
+        C::no => 1,
+        C::b => 2,
+        C::ae => 3,
+        C::e => 4,
+        C::ne => 5,
+        C::be => 6,
+        C::a => 7,
+        C::s => 8,
+        C::ns => 9,
+        C::p => 10,
+        C::np => 11,
+        C::l => 12,
+        C::ge => 13,
+        C::le => 14,
+        C::g => 15,
+        C::None => return None,
+    })
+}
+
+/// A table of 16 instantiations of a handler generic over the condition code.
+macro_rules! cc_table {
+    ($f:ident) => {
+        [
+            $f::<0>, $f::<1>, $f::<2>, $f::<3>, $f::<4>, $f::<5>, $f::<6>, $f::<7>, $f::<8>,
+            $f::<9>, $f::<10>, $f::<11>, $f::<12>, $f::<13>, $f::<14>, $f::<15>,
+        ]
+    };
+}
+use cc_table;
+
+/// The address-size mask of the instruction's memory operand (the same rule as `Cpu::ea`),
+/// for instructions that address memory beyond the operand (BT with a register offset).
+fn addr_mask(cpu: &Cpu, ins: &Instruction) -> u64 {
+    let b = ins.memory_base();
+    let i = ins.memory_index();
+    let wide = |r: Register| r.is_gpr64() || r == Register::RIP;
+    let mid = |r: Register| r.is_gpr32() || r == Register::EIP;
+    if wide(b) || wide(i) {
+        u64::MAX
+    } else if mid(b) || mid(i) {
+        0xffff_ffff
+    } else if b.is_gpr16() || i.is_gpr16() {
+        0xffff
+    } else {
+        match ins.memory_displ_size() {
+            2 => 0xffff,
+            4 => 0xffff_ffff,
+            8 => u64::MAX,
+            _ => match cpu.code_bits {
+                64 => u64::MAX,
+                32 => 0xffff_ffff,
+                _ => 0xffff,
+            },
+        }
+    }
+}

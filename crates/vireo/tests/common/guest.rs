@@ -1,0 +1,131 @@
+//! Helpers for tests that boot the Linux guest image: building it, typing into its serial
+//! console, and cleaning up the VMM process.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The guest image, built once and cached like `vireo image build` does.
+pub fn image(out: &Path) -> vireo_image::GuestImage {
+    let cache = std::env::var_os("VIREO_IMAGE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".cache/image"));
+    vireo_image::build(&vireo_image::BuildOptions {
+        out_dir: out.to_path_buf(),
+        cache_dir: cache,
+    })
+    .expect("vireo image build")
+}
+
+/// The ELF `vmlinux` inside a bzImage (its payload is LZ4, legacy frame format), decompressed
+/// with the `lz4` tool, as the kernel's own scripts/extract-vmlinux does.
+pub fn extract_vmlinux(bzimage: &Path) -> Vec<u8> {
+    let data = std::fs::read(bzimage).unwrap();
+    let at = data
+        .windows(4)
+        .position(|w| w == [0x02, 0x21, 0x4c, 0x18])
+        .expect("the bzImage payload is not LZ4");
+    let mut lz4 = Command::new("lz4")
+        .args(["-dc", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run lz4 (apt-get install lz4)");
+    let mut input = lz4.stdin.take().unwrap();
+    let payload = data[at..].to_vec();
+    // lz4 stops at the end of its stream and may close stdin early: trailing bytes are fine.
+    let feeder = std::thread::spawn(move || input.write_all(&payload));
+    let out = lz4.wait_with_output().unwrap();
+    let _ = feeder.join();
+    assert!(
+        out.stdout.starts_with(b"\x7fELF"),
+        "lz4 did not yield an ELF"
+    );
+    out.stdout
+}
+
+/// A guest's serial console seen through a pipe: what the VMM printed so far, and its stdin.
+pub struct Console {
+    pub out: Arc<Mutex<String>>,
+    pub stdin: ChildStdin,
+    pub seen: usize,
+}
+
+impl Console {
+    /// Collects the child's stdout into the console buffer from a background thread.
+    pub fn attach(child: &mut Child) -> Console {
+        let out = Arc::new(Mutex::new(String::new()));
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        let sink = out.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let s = String::from_utf8_lossy(&buf[..n]);
+                print!("{s}");
+                sink.lock().unwrap().push_str(&s);
+            }
+        });
+        Console {
+            out,
+            stdin: child.stdin.take().expect("piped stdin"),
+            seen: 0,
+        }
+    }
+
+    /// Waits until `needle` appears after what was consumed so far; returns the text up to it.
+    pub fn expect(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let out = self.out.lock().unwrap();
+                if let Some(i) = out[self.seen..].find(needle) {
+                    let text = out[self.seen..self.seen + i + needle.len()].to_string();
+                    self.seen += i + needle.len();
+                    return text;
+                }
+            }
+            if Instant::now() > deadline {
+                let out = self.out.lock().unwrap();
+                let tail = &out[out.len().saturating_sub(3000)..];
+                panic!("timed out waiting for {needle:?}; console tail:\n{tail}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn send(&mut self, line: &str) {
+        self.stdin.write_all(line.as_bytes()).unwrap();
+        self.stdin.write_all(b"\n").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// Runs a shell command in the guest; returns what it printed between markers.
+    pub fn run(&mut self, cmd: &str) -> String {
+        // The markers are computed by the shell, so the echo of the typed line never matches.
+        self.send(&format!("echo BEGIN-$((1+1)); {cmd}; echo END-$((2+2))"));
+        self.expect("BEGIN-2", Duration::from_secs(120));
+        let text = self.expect("END-4", Duration::from_secs(120));
+        text.trim_end_matches("END-4").trim().to_string()
+    }
+}
+
+/// Kills and reaps the VMM process when the test ends, passed or not.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
