@@ -52,11 +52,45 @@ fn read_exact_at<F: Read + Seek>(f: &mut F, off: u64, len: u64) -> Result<Vec<u8
     Ok(buf)
 }
 
-pub(crate) fn load_pvh_elf<M: GuestMemoryBackend, F: Read + Seek>(
-    mem: &M,
-    ram_end: u64,
-    f: &mut F,
-) -> Result<LoadedKernel, LoadError> {
+/// What the headers of a PVH ELF image say, read and checked without loading anything.
+struct Parsed {
+    is64: bool,
+    phdrs: Vec<Phdr>,
+    entry: u64,
+}
+
+/// The PVH entry point of an ELF image and its class, checked as the loader checks them; nothing
+/// is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PvhImage {
+    pub entry: u64,
+    pub is64: bool,
+}
+
+/// Reads an ELF image's headers and PVH note without loading it, and checks that every
+/// loadable segment's bytes are in the file.
+pub fn probe_pvh_elf<F: Read + Seek>(f: &mut F) -> Result<PvhImage, LoadError> {
+    let p = parse(f)?;
+    let len = f.seek(SeekFrom::End(0))?;
+    let mut loads = p.phdrs.iter().filter(|p| p.kind == PT_LOAD).peekable();
+    if loads.peek().is_none() {
+        return Err(err("no loadable segment"));
+    }
+    for s in loads {
+        if s.filesz > s.memsz || s.offset.checked_add(s.filesz).is_none_or(|e| e > len) {
+            return Err(err(format!(
+                "loadable segment at file offset {:#x} is not within the file",
+                s.offset
+            )));
+        }
+    }
+    Ok(PvhImage {
+        entry: p.entry,
+        is64: p.is64,
+    })
+}
+
+fn parse<F: Read + Seek>(f: &mut F) -> Result<Parsed, LoadError> {
     let mut ehdr = [0u8; 64];
     f.seek(SeekFrom::Start(0))?;
     f.read_exact(&mut ehdr[..52])
@@ -126,8 +160,21 @@ pub(crate) fn load_pvh_elf<M: GuestMemoryBackend, F: Read + Seek>(
             entry = Some(e);
         }
     }
-    let rip = entry.ok_or(LoadError::NoPvhNote)?;
+    let entry = entry.ok_or(LoadError::NoPvhNote)?;
+    Ok(Parsed { is64, phdrs, entry })
+}
 
+/// Loads an ELF image with a PVH note into guest memory below `ram_end`.
+pub fn load_pvh_elf<M: GuestMemoryBackend, F: Read + Seek>(
+    mem: &M,
+    ram_end: u64,
+    f: &mut F,
+) -> Result<LoadedKernel, LoadError> {
+    let Parsed {
+        is64,
+        phdrs,
+        entry: rip,
+    } = parse(f)?;
     let mut end = 0u64;
     for p in phdrs.iter().filter(|p| p.kind == PT_LOAD) {
         if p.filesz > p.memsz {

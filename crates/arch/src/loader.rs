@@ -45,22 +45,50 @@ pub struct LoadedKernel {
     pub needs_long_mode: bool,
 }
 
+/// A kernel image's format, as its first bytes tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelFormat {
+    /// A Linux bzImage (setup header with "HdrS").
+    BzImage,
+    /// An ELF file; `is64` for ELF64.
+    Elf { is64: bool },
+}
+
+impl KernelFormat {
+    /// Whether a CPU backend must support long mode to run it: the bzImage loader only accepts
+    /// 64-bit kernels, and an ELF64 PVH image switches to long mode itself.
+    pub fn needs_long_mode(self) -> bool {
+        match self {
+            KernelFormat::BzImage => true,
+            KernelFormat::Elf { is64 } => is64,
+        }
+    }
+}
+
+/// Tells a kernel image's format from its first bytes, leaving the file at its start.
+pub fn probe_kernel<F: Read + Seek>(image: &mut F) -> Result<KernelFormat, LoadError> {
+    let mut head = [0u8; 0x210];
+    image.seek(SeekFrom::Start(0))?;
+    let n = read_up_to(image, &mut head)?;
+    image.seek(SeekFrom::Start(0))?;
+    if n >= 0x206 && &head[0x202..0x206] == b"HdrS" {
+        Ok(KernelFormat::BzImage)
+    } else if n >= 4 && head[..4] == *b"\x7fELF" {
+        Ok(KernelFormat::Elf { is64: head[4] == 2 })
+    } else {
+        Err(LoadError::UnknownFormat)
+    }
+}
+
 /// Loads a kernel image of any supported format into guest memory below `ram_end`.
 pub fn load_kernel<M: GuestMemoryBackend, F: Read + Seek + ReadVolatile>(
     mem: &M,
     ram_end: u64,
     image: &mut F,
 ) -> Result<LoadedKernel, LoadError> {
-    let mut head = [0u8; 0x210];
-    image.seek(SeekFrom::Start(0))?;
-    let n = read_up_to(image, &mut head)?;
-    image.seek(SeekFrom::Start(0))?;
-    if n >= 0x206 && &head[0x202..0x206] == b"HdrS" {
-        load_bzimage(mem, ram_end, image)
-    } else if n >= 4 && head[..4] == *b"\x7fELF" {
-        crate::elf::load_pvh_elf(mem, ram_end, image)
-    } else {
-        Err(LoadError::UnknownFormat)
+    match probe_kernel(image)? {
+        KernelFormat::BzImage => load_bzimage(mem, ram_end, image),
+        KernelFormat::Elf { .. } => crate::elf::load_pvh_elf(mem, ram_end, image),
     }
 }
 

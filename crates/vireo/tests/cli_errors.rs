@@ -129,9 +129,13 @@ fn emulator_refuses_smp_clearly() {
 #[test]
 fn unusable_kvm_for_a_64bit_kernel_is_refused_or_emulated() {
     let k = payload_as("hello", ElfClass::Elf64);
-    let run = run_kernel(&k, MEMORY_ARG, &["--accel", "auto"]);
+    let run = run_kernel_on(Accel::Auto, &k, MEMORY_ARG, &[]);
     assert!(run.status.success(), "{}", run.dump());
-    assert!(run.stdout.contains("vireo-pvh: hello"), "{}", run.dump());
+    assert!(
+        run.stdout.lines().any(|l| l == "vireo-pvh: hello"),
+        "{}",
+        run.dump()
+    );
     if !std::path::Path::new("/sys/module/kvm_pvm").exists() {
         return;
     }
@@ -145,5 +149,16 @@ fn unusable_kvm_for_a_64bit_kernel_is_refused_or_emulated() {
             "kvm",
         ],
         &["kvm_pvm"],
+    );
+    // And auto did run it on the emulator: the hypervisor CPUID signature is the emulator's.
+    let cpuid = payload_as("cpuid", ElfClass::Elf64);
+    let run = run_kernel_on(Accel::Auto, &cpuid, MEMORY_ARG, &[]);
+    assert!(run.status.success(), "{}", run.dump());
+    let hv = run.line("cpuid hv-vendor ");
+    assert_eq!(
+        hv.split_once(" max-leaf ").map(|(sig, _)| sig),
+        Some(Accel::Emu.hypervisor_signature()),
+        "--accel auto should have picked the emulator\n{}",
+        run.dump()
     );
 }

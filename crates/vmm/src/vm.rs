@@ -162,8 +162,12 @@ fn pick_backend(
 pub fn run_vm(cfg: VmConfig) -> Result<VmOutcome, VmError> {
     cfg.validate().map_err(VmError::Config)?;
     let mem = memory::create(cfg.memory)?;
-    let guest = load::load_guest(&cfg, &mem)?;
-    let hv = pick_backend(cfg.accel, guest.kernel.needs_long_mode, cfg.cpus)?;
+    let mut files = load::open_guest(&cfg)?;
+    let hv = pick_backend(cfg.accel, files.format().needs_long_mode(), cfg.cpus)?;
+    if hv.name() == "emu" {
+        files.unpack_bzimage_for_pvh(&cfg.kernel);
+    }
+    let guest = load::load_guest(&cfg, &mem, files)?;
     tracing::info!(
         backend = hv.name(),
         "loaded kernel {}",

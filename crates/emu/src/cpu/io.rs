@@ -110,6 +110,7 @@ impl Cpu {
         let b = value.to_le_bytes();
         if !self.platform.pio_write(port, &b[..size]) {
             self.io.write(IoKind::Pio, u64::from(port), &b[..size]);
+            self.end_block = true;
         }
         Ok(())
     }
@@ -130,6 +131,7 @@ impl Cpu {
             let a = phys + i as u64 * 8;
             if !self.platform.mmio_write(a, chunk) {
                 self.io.write(IoKind::Mmio, a, chunk);
+                self.end_block = true;
             }
         }
         Ok(())

@@ -8,6 +8,7 @@
 
 pub mod cpuid;
 pub mod exec;
+pub mod fast;
 pub mod flags;
 pub mod fpu;
 pub mod interrupt;

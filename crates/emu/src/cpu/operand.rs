@@ -31,57 +31,76 @@ pub fn sext(v: u64, size: usize) -> u64 {
     }
 }
 
-/// The general-purpose register index (0..16) of a GPR of any width, and whether it is one of
-/// the legacy high-byte registers AH, CH, DH, BH.
-#[inline]
-fn gpr_slot(r: Register) -> (usize, bool) {
-    match r {
-        Register::AH => (0, true),
-        Register::CH => (1, true),
-        Register::DH => (2, true),
-        Register::BH => (3, true),
-        _ => (
-            (r.full_register() as usize).wrapping_sub(Register::RAX as usize),
-            false,
-        ),
-    }
-}
+/// iced-x86 numbers the general-purpose registers in blocks: AL..R15L (1..=20, where 5..=8
+/// are AH, CH, DH, BH), AX..R15W (21..=36), EAX..R15D (37..=52), RAX..R15 (53..=68). Register
+/// access is the hottest path of the interpreter, so it is computed from that numbering.
+const GPR8: usize = Register::AL as usize;
+const GPR16: usize = Register::AX as usize;
+const GPR64_END: usize = Register::R15 as usize;
+const _: () = assert!(
+    Register::AH as usize == GPR8 + 4
+        && Register::R15L as usize == GPR8 + 19
+        && Register::R15W as usize == GPR16 + 15
+        && Register::EAX as usize == GPR16 + 16
+        && Register::RAX as usize == GPR16 + 32
+        && GPR64_END == GPR16 + 47
+);
 
 impl Cpu {
     /// Reads a general-purpose register of any width, zero-extended.
-    #[inline]
+    #[inline(always)]
     pub fn reg(&self, r: Register) -> u64 {
-        let (i, high) = gpr_slot(r);
-        if high {
-            return (self.gpr[i] >> 8) & 0xff;
+        let n = r as usize;
+        if (GPR16..=GPR64_END).contains(&n) {
+            let k = n - GPR16;
+            let v = self.gpr[k & 15];
+            return match k >> 4 {
+                0 => v & 0xffff,
+                1 => v & 0xffff_ffff,
+                _ => v,
+            };
         }
-        match self.gpr.get(i) {
-            Some(&v) => v & size_mask(r.size()),
-            None => self.other_reg(r),
+        if (GPR8..GPR16).contains(&n) {
+            let k = n - GPR8;
+            return match k {
+                0..=3 => self.gpr[k] & 0xff,
+                4..=7 => (self.gpr[k - 4] >> 8) & 0xff,
+                _ => self.gpr[(k - 4) & 15] & 0xff,
+            };
         }
+        self.other_reg(r)
     }
 
     /// Writes a general-purpose register with x86 rules: 32-bit writes zero the upper half,
     /// 8- and 16-bit writes keep the other bits.
-    #[inline]
+    #[inline(always)]
     pub fn set_reg(&mut self, r: Register, v: u64) {
-        let (i, high) = gpr_slot(r);
-        if high {
-            self.gpr[i] = (self.gpr[i] & !0xff00) | ((v & 0xff) << 8);
+        let n = r as usize;
+        if (GPR16..=GPR64_END).contains(&n) {
+            let k = n - GPR16;
+            let slot = &mut self.gpr[k & 15];
+            *slot = match k >> 4 {
+                0 => (*slot & !0xffff) | (v & 0xffff),
+                1 => v & 0xffff_ffff,
+                _ => v,
+            };
             return;
         }
-        let Some(slot) = self.gpr.get_mut(i) else {
-            // Segment and control registers have their own instructions; a handler that gets
-            // here has a bug, which must not take the host down.
-            tracing::warn!("emu: write to unsupported register {r:?} ignored");
+        if (GPR8..GPR16).contains(&n) {
+            let k = n - GPR8;
+            match k {
+                0..=3 => self.gpr[k] = (self.gpr[k] & !0xff) | (v & 0xff),
+                4..=7 => self.gpr[k - 4] = (self.gpr[k - 4] & !0xff00) | ((v & 0xff) << 8),
+                _ => {
+                    let i = (k - 4) & 15;
+                    self.gpr[i] = (self.gpr[i] & !0xff) | (v & 0xff);
+                }
+            }
             return;
-        };
-        *slot = match r.size() {
-            8 => v,
-            4 => v & 0xffff_ffff,
-            2 => (*slot & !0xffff) | (v & 0xffff),
-            _ => (*slot & !0xff) | (v & 0xff),
-        };
+        }
+        // Segment and control registers have their own instructions; a handler that gets
+        // here has a bug, which must not take the host down.
+        tracing::warn!("emu: write to unsupported register {r:?} ignored");
     }
 
     fn other_reg(&self, r: Register) -> u64 {
@@ -119,19 +138,27 @@ impl Cpu {
     /// The effective address (offset in its segment) of the instruction's memory operand.
     #[inline]
     pub fn ea(&self, ins: &Instruction) -> u64 {
-        let size = self.addr_size(ins);
         let base = ins.memory_base();
+        let index = ins.memory_index();
+        // The common case in 64-bit code: 64-bit base (and index) registers.
+        if base.is_gpr64() && (index == Register::None || index.is_gpr64()) {
+            let mut off = ins.memory_displacement64().wrapping_add(self.reg(base));
+            if index != Register::None {
+                off =
+                    off.wrapping_add(self.reg(index) << ins.memory_index_scale().trailing_zeros());
+            }
+            return off;
+        }
         let mut off = match base {
             // iced already computed the absolute target from the decode address.
             Register::RIP | Register::EIP => return ins.ip_rel_memory_address(),
             Register::None => ins.memory_displacement64(),
             b => ins.memory_displacement64().wrapping_add(self.reg(b)),
         };
-        let index = ins.memory_index();
         if index != Register::None {
             off = off.wrapping_add(self.reg(index) << ins.memory_index_scale().trailing_zeros());
         }
-        off & size_mask(size)
+        off & size_mask(self.addr_size(ins))
     }
 
     /// The segment of the instruction's memory operand (default or override).

@@ -9,27 +9,57 @@
 //! Interrupts are taken between blocks, which the architecture allows: an external interrupt
 //! is recognized at some instruction boundary.
 
+use super::fast::{self, Fast};
 use super::{exec, Cpu, Fault, Handler};
 use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, FlowControl, Instruction};
 use rustc_hash::FxHashMap;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::Arc;
 
 /// Longest block, so that interrupts and budgets are checked often enough.
 const MAX_BLOCK: usize = 64;
+/// Entries of the direct-mapped front of the block cache.
+const FAST_BITS: u32 = 12;
 
 pub struct Block {
-    /// Linear address and code width the block was decoded for.
+    /// Guest-physical address, linear address and code width the block was decoded for.
+    phys: u64,
     virt: u64,
     bits: u32,
-    insns: Vec<(Instruction, Handler)>,
+    /// Each instruction with its handler, the address of the next instruction and its fast
+    /// form.
+    insns: Vec<(Instruction, Handler, u64, Fast)>,
 }
 
-#[derive(Default)]
+/// Decoded blocks: a hash map by physical address, fronted by a direct-mapped table that
+/// answers most lookups with one compare.
+///
+/// Blocks are reference-counted with `Rc`: the cache belongs to one `Cpu` and its blocks never
+/// leave it, so no atomic counting is needed.
 pub struct BlockCache {
-    blocks: FxHashMap<u64, Arc<Block>>,
+    blocks: FxHashMap<u64, Rc<Block>>,
+    fast: Vec<Option<Rc<Block>>>,
     /// Physical page number -> start addresses of the blocks in it.
     pages: FxHashMap<u64, Vec<u64>>,
+}
+
+// SAFETY: every `Rc<Block>` lives inside this cache or on the stack of the thread that runs
+// the owning `Cpu`; moving the whole cache to another thread moves all of them together.
+unsafe impl Send for BlockCache {}
+
+impl Default for BlockCache {
+    fn default() -> Self {
+        BlockCache {
+            blocks: FxHashMap::default(),
+            fast: vec![None; 1 << FAST_BITS],
+            pages: FxHashMap::default(),
+        }
+    }
+}
+
+#[inline]
+fn fast_slot(phys: u64) -> usize {
+    ((phys ^ (phys >> FAST_BITS)) as usize) & ((1 << FAST_BITS) - 1)
 }
 
 impl BlockCache {
@@ -37,6 +67,10 @@ impl BlockCache {
         if let Some(starts) = self.pages.remove(&page) {
             for s in starts {
                 self.blocks.remove(&s);
+                let slot = &mut self.fast[fast_slot(s)];
+                if slot.as_ref().is_some_and(|b| b.phys == s) {
+                    *slot = None;
+                }
             }
         }
     }
@@ -44,6 +78,7 @@ impl BlockCache {
     pub fn clear(&mut self) {
         self.blocks.clear();
         self.pages.clear();
+        self.fast.fill(None);
     }
 
     pub fn len(&self) -> usize {
@@ -108,12 +143,27 @@ impl Cpu {
             if self.icount >= end {
                 return Stop::Budget;
             }
-            // An interrupt shadow (after STI or MOV SS) covers exactly one instruction.
-            let limit = if self.int_shadow { 1 } else { MAX_BLOCK };
+            // An interrupt shadow (after STI or MOV SS) covers exactly one instruction, and so
+            // does single-stepping (TF), which traps after it.
+            let step = self.flags.has(super::flags::TF);
+            let limit = if self.int_shadow || step {
+                1
+            } else {
+                MAX_BLOCK
+            };
             if self.int_shadow {
                 irq_waiting = true;
             }
+            let icount = self.icount;
             match self.exec_block(limit) {
+                Ok(()) if step && self.icount != icount => {
+                    self.dr[6] |= 1 << 14; // DR6.BS
+                    if let Err(Fault::Shutdown) =
+                        self.raise(super::Exception::new(super::Exception::DB))
+                    {
+                        return Stop::Shutdown;
+                    }
+                }
                 Ok(()) => {}
                 Err(Fault::Exit) => return Stop::Io,
                 Err(Fault::Shutdown) => return Stop::Shutdown,
@@ -135,59 +185,80 @@ impl Cpu {
             Err(f) => return Err(f),
         };
         let shadow = self.int_shadow;
-        for (ins, handler) in block.insns.iter().take(limit) {
-            self.next_rip = self.mask_ip(ins.next_ip());
-            let writes_before = self.io.writes.len();
-            let r = handler(self, ins);
+        // The run loop returns before a block while device writes are queued, and a handler
+        // that queues one ends the block: so none are queued when an instruction starts, and
+        // an abandoned instruction's writes are all of them.
+        debug_assert!(self.io.writes.is_empty());
+        for (ins, handler, next, f) in block.insns.iter().take(limit) {
+            self.next_rip = *next;
+            let r = match self.exec_fast(f) {
+                Some(r) => r,
+                None => handler(self, ins),
+            };
             match r {
                 Ok(()) => {
                     self.rip = self.next_rip;
                     self.icount += 1;
                     self.io.commit();
-                    if shadow {
-                        self.int_shadow = false;
-                    }
-                    if self.end_block || !self.io.writes.is_empty() {
+                    if self.end_block {
                         self.end_block = false;
+                        if shadow {
+                            self.int_shadow = false;
+                        }
                         return Ok(());
                     }
                 }
                 Err(Fault::Ex(e)) => {
-                    self.io.rewind(writes_before);
+                    self.io.rewind(0);
                     self.io.commit();
                     self.end_block = false;
                     return self.raise(e);
                 }
                 Err(Fault::Exit) => {
-                    self.io.rewind(writes_before);
+                    self.io.rewind(0);
                     return Err(Fault::Exit);
                 }
                 Err(Fault::Shutdown) => return Err(Fault::Shutdown),
             }
         }
+        if shadow {
+            self.int_shadow = false;
+        }
         Ok(())
     }
 
     /// Finds or decodes the block at RIP.
-    fn lookup_block(&mut self) -> Result<Arc<Block>, Fault> {
+    #[inline]
+    fn lookup_block(&mut self) -> Result<Rc<Block>, Fault> {
         let lin = self.linear(super::Seg::Cs, self.rip)?;
         let phys = self.translate(lin, super::mem::Access::Exec, self.cpl == 3)?;
-        if let Some(b) = self.blocks.blocks.get(&phys) {
-            if b.virt == self.rip && b.bits == self.code_bits {
+        if let Some(b) = &self.blocks.fast[fast_slot(phys)] {
+            if b.phys == phys && b.virt == self.rip && b.bits == self.code_bits {
                 return Ok(b.clone());
             }
         }
-        let block = Arc::new(self.decode_block(lin)?);
+        if let Some(b) = self.blocks.blocks.get(&phys) {
+            if b.virt == self.rip && b.bits == self.code_bits {
+                let b = b.clone();
+                self.blocks.fast[fast_slot(phys)] = Some(b.clone());
+                return Ok(b);
+            }
+        }
+        let block = Rc::new(self.decode_block(lin, phys)?);
         if block.insns.len() > 1 || !crosses_page(&block) {
             self.mem.mark_code(phys >> 12);
-            self.blocks.pages.entry(phys >> 12).or_default().push(phys);
+            let starts = self.blocks.pages.entry(phys >> 12).or_default();
+            if !starts.contains(&phys) {
+                starts.push(phys);
+            }
             self.blocks.blocks.insert(phys, block.clone());
+            self.blocks.fast[fast_slot(phys)] = Some(block.clone());
         }
         Ok(block)
     }
 
     /// Decodes instructions from RIP to the first control transfer or the end of the page.
-    fn decode_block(&mut self, lin: u64) -> Result<Block, Fault> {
+    fn decode_block(&mut self, lin: u64, phys: u64) -> Result<Block, Fault> {
         let mut buf = [0u8; 4096 + 15];
         let (_, n) = self.fetch(lin, &mut buf[..4096])?;
         let mut insns = Vec::with_capacity(8);
@@ -209,11 +280,21 @@ impl Cpu {
                     DecoderOptions::NONE,
                 );
                 d.decode_out(&mut ins);
-                insns.push((ins, exec::resolve(&ins)));
+                insns.push((
+                    ins,
+                    exec::resolve(&ins),
+                    self.mask_ip(ins.next_ip()),
+                    fast::digest(&ins, self.code_bits),
+                ));
                 break;
             }
             let stop = ins.code() == Code::INVALID || ins.flow_control() != FlowControl::Next;
-            insns.push((ins, exec::resolve(&ins)));
+            insns.push((
+                ins,
+                exec::resolve(&ins),
+                self.mask_ip(ins.next_ip()),
+                fast::digest(&ins, self.code_bits),
+            ));
             if stop {
                 break;
             }
@@ -221,9 +302,10 @@ impl Cpu {
         if insns.is_empty() {
             // Nothing decodable in the rest of the page: a straddling invalid encoding.
             ins = Instruction::default();
-            insns.push((ins, exec::resolve(&ins)));
+            insns.push((ins, exec::resolve(&ins), self.rip, Fast::No));
         }
         Ok(Block {
+            phys,
             virt: self.rip,
             bits: self.code_bits,
             insns,
@@ -241,6 +323,6 @@ impl Cpu {
 fn crosses_page(b: &Block) -> bool {
     b.insns
         .first()
-        .map(|(i, _)| (i.ip() & 0xfff) + i.len() as u64 > 0x1000)
+        .map(|(i, _, _, _)| (i.ip() & 0xfff) + i.len() as u64 > 0x1000)
         .unwrap_or(false)
 }

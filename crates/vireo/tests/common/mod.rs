@@ -297,14 +297,54 @@ pub fn run_vireo<S: AsRef<str>>(args: &[S], timeout: Duration) -> Run {
     }
 }
 
-/// Boot `kernel` with `--memory MEMORY`, the standard test machine and `extra` arguments.
-pub fn run_kernel(kernel: &Path, memory: &str, extra: &[&str]) -> Run {
+/// A `vireo run --accel` backend the payload tests run under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    /// This machine's /dev/kvm.
+    Kvm,
+    /// Vireo's own x86-64 emulator (crates/emu).
+    Emu,
+    /// KVM if it can run the guest, else the emulator.
+    Auto,
+}
+
+impl Accel {
+    /// The `--accel` value.
+    pub fn arg(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Emu => "emu",
+            Accel::Auto => "auto",
+        }
+    }
+
+    /// The signature in CPUID leaf 0x40000000 (EBX, ECX, EDX) under this backend, as the cpuid
+    /// payload prints it (quoted, NULs as `\0`).
+    pub fn hypervisor_signature(self) -> &'static str {
+        match self {
+            Accel::Kvm => r#""KVMKVMKVM\0\0\0""#,
+            // crates/emu/src/cpu/cpuid.rs: HV_SIGNATURE.
+            Accel::Emu => r#""VireoEmuVMM\0""#,
+            Accel::Auto => {
+                panic!("under --accel auto the signature is that of the backend it picks")
+            }
+        }
+    }
+}
+
+/// Boot `kernel` under `accel` with `--memory MEMORY`, the standard test machine and `extra`
+/// arguments (which must not repeat `--accel`).
+pub fn run_kernel_on(accel: Accel, kernel: &Path, memory: &str, extra: &[&str]) -> Run {
+    assert!(
+        !extra.contains(&"--accel"),
+        "pass the backend as `accel`, not in `extra`: {extra:?}"
+    );
     let mut args = vec![
         "run",
         "--kernel",
         kernel.to_str().expect("payload path is not UTF-8"),
         "--accel",
-        "kvm",
+        accel.arg(),
         "--memory",
         memory,
         "--cmdline",
@@ -316,7 +356,17 @@ pub fn run_kernel(kernel: &Path, memory: &str, extra: &[&str]) -> Run {
     run_vireo(&args, RUN_TIMEOUT)
 }
 
-/// Boot the ELF32 build of payload `name` with 64 MiB; see [`run_kernel`].
+/// [`run_kernel_on`] with `--accel kvm`.
+pub fn run_kernel(kernel: &Path, memory: &str, extra: &[&str]) -> Run {
+    run_kernel_on(Accel::Kvm, kernel, memory, extra)
+}
+
+/// Boot the ELF32 build of payload `name` under `accel` with 64 MiB; see [`run_kernel_on`].
+pub fn run_payload_on(accel: Accel, name: &str, extra: &[&str]) -> Run {
+    run_kernel_on(accel, &payload(name), MEMORY_ARG, extra)
+}
+
+/// [`run_payload_on`] with `--accel kvm`.
 pub fn run_payload(name: &str, extra: &[&str]) -> Run {
-    run_kernel(&payload(name), MEMORY_ARG, extra)
+    run_payload_on(Accel::Kvm, name, extra)
 }

@@ -11,6 +11,8 @@
 mod arith;
 #[path = "int_bit.rs"]
 mod bit;
+#[path = "int_legacy.rs"]
+mod legacy;
 #[path = "int_mov.rs"]
 mod mov;
 #[path = "int_shift.rs"]
@@ -34,6 +36,7 @@ pub fn resolve(ins: &Instruction) -> Option<Handler> {
         .or_else(|| mov::resolve(ins))
         .or_else(|| shift::resolve(ins))
         .or_else(|| bit::resolve(ins))
+        .or_else(|| legacy::resolve(ins))
 }
 
 /// The operand forms handlers are specialized for.

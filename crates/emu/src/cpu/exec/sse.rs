@@ -22,6 +22,12 @@ mod state;
 #[path = "sse_fp_tests.rs"]
 mod fp_tests;
 #[cfg(test)]
+#[path = "sse_native_tests.rs"]
+mod native_tests;
+#[cfg(test)]
+#[path = "sse_native_x87.rs"]
+mod sse_native_x87;
+#[cfg(test)]
 #[path = "sse_tests.rs"]
 mod tests;
 

@@ -41,7 +41,9 @@ pub fn resolve(ins: &Instruction) -> Option<Handler> {
 
 /// Float (`p`) to a signed integer of `width` bits.
 pub(crate) fn f2i(p: P, x: u64, width: u32, trunc: bool, mxcsr: u32, fl: &mut u32) -> u64 {
-    let x = input(p, x, mxcsr, fl);
+    // Conversions to integers do not raise the denormal exception (DAZ still applies).
+    let mut no_de = 0;
+    let x = input(p, x, mxcsr, &mut no_de);
     let indefinite = 1u64 << (width - 1);
     if p.is_nan(x) {
         *fl |= mx::IE;
@@ -121,6 +123,12 @@ pub(crate) fn f2f(from: P, x: u64, mxcsr: u32, fl: &mut u32) -> u64 {
             let r: rustc_apfloat::StatusAnd<Single> =
                 Double::from_bits(x.into()).convert_r(rm, &mut loses);
             *fl |= status_flags(r.status);
+            // A directed-rounding overflow (to the largest single) is reported as inexact
+            // only by rustc_apfloat.
+            if x & !P::D.sign() >= 0x47f0_0000_0000_0000 && x & !P::D.sign() < 0x7ff0_0000_0000_0000
+            {
+                *fl |= mx::OE | mx::PE;
+            }
             let b = r.value.to_bits() as u64;
             if mxcsr & mx::FZ != 0 && P::S.is_denormal(b) && mxcsr & (mx::UE << mx::MASK_SHIFT) != 0
             {

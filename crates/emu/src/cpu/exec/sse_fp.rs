@@ -10,8 +10,8 @@ use super::{check_sse, lane, rd, set_lane, wr};
 use crate::cpu::fpu::mx;
 use crate::cpu::{cr, flags, Cpu, Exception, Handler, R};
 use iced_x86::{Instruction, Mnemonic};
-use rustc_apfloat::ieee::{Double, Single};
-use rustc_apfloat::{Float, Round, Status, StatusAnd};
+use rustc_apfloat::ieee::{Double, Quad, Single};
+use rustc_apfloat::{Float, FloatConvert, Round, Status, StatusAnd};
 
 pub fn resolve(ins: &Instruction) -> Option<Handler> {
     use Mnemonic::*;
@@ -106,6 +106,10 @@ impl P {
     pub(crate) fn is_denormal(self, x: u64) -> bool {
         x & self.exp_mask() == 0 && x & self.frac_mask() != 0
     }
+    /// The largest finite magnitude.
+    pub(crate) fn largest(self) -> u64 {
+        self.exp_mask() - 1
+    }
     /// The negative quiet NaN an invalid operation returns.
     pub(crate) fn default_nan(self) -> u64 {
         self.sign() | self.exp_mask() | self.quiet_bit()
@@ -161,6 +165,21 @@ pub(crate) fn input(p: P, x: u64, mxcsr: u32, fl: &mut u32) -> u64 {
     x
 }
 
+/// Prepares the two inputs of a lane. A NaN operand takes precedence over the denormal
+/// exception (SDM 11.5.2.x precedence), so DE is only raised when neither is a NaN.
+#[inline]
+pub(crate) fn inputs(p: P, a: u64, b: u64, mxcsr: u32, fl: &mut u32) -> (u64, u64) {
+    if p.is_nan(a) || p.is_nan(b) {
+        // DAZ still applies (MINPS/MAXPS return the other operand, zeroed).
+        let mut no_de = 0;
+        return (
+            input(p, a, mxcsr, &mut no_de),
+            input(p, b, mxcsr, &mut no_de),
+        );
+    }
+    (input(p, a, mxcsr, fl), input(p, b, mxcsr, fl))
+}
+
 /// Applies FZ to a result: a denormal result becomes a signed zero (with UE and PE).
 #[inline]
 fn output(p: P, r: u64, mxcsr: u32, fl: &mut u32) -> u64 {
@@ -203,8 +222,12 @@ fn ap<F: Float>(op: Op, a: F, b: F, rm: Round) -> StatusAnd<F> {
 
 /// One lane of ADD/SUB/MUL/DIV.
 pub(crate) fn arith(p: P, op: Op, a: u64, b: u64, mxcsr: u32, fl: &mut u32) -> u64 {
-    let a = input(p, a, mxcsr, fl);
-    let b = input(p, b, mxcsr, fl);
+    // A denormal divided by zero raises only ZE (observed on hardware: ZE without DE).
+    let (a, b) = if matches!(op, Op::Div) && b & !p.sign() == 0 {
+        inputs(p, a, b, mxcsr, &mut 0)
+    } else {
+        inputs(p, a, b, mxcsr, fl)
+    };
     if let Some(n) = nan2(p, a, b, fl) {
         return n;
     }
@@ -229,7 +252,11 @@ pub(crate) fn arith(p: P, op: Op, a: u64, b: u64, mxcsr: u32, fl: &mut u32) -> u
             (r.status, r.value.to_bits() as u64)
         }
     };
-    let f = status_flags(st);
+    let mut f = status_flags(st);
+    if f & (mx::PE | mx::OE) == mx::PE && bits & !p.sign() == p.largest() && overflows(p, op, a, b)
+    {
+        f |= mx::OE;
+    }
     *fl |= f;
     if f & mx::IE != 0 {
         return p.default_nan();
@@ -237,9 +264,36 @@ pub(crate) fn arith(p: P, op: Op, a: u64, b: u64, mxcsr: u32, fl: &mut u32) -> u
     output(p, bits, mxcsr, fl)
 }
 
+/// Whether `a op b` overflows (its value rounded to the format's precision with an unbounded
+/// exponent exceeds the largest finite number). rustc_apfloat reports an overflow that rounds
+/// to the largest finite number (directed rounding) as INEXACT only. Computed toward zero in
+/// a wider format, which is monotonic: |r| >= 2^(emax+1) exactly when the true value is.
+fn overflows(p: P, op: Op, a: u64, b: u64) -> bool {
+    let mut loses = false;
+    match p {
+        P::S => {
+            let mut w = |x: u64| -> Double {
+                let r: StatusAnd<Double> = Single::from_bits(x.into()).convert(&mut loses);
+                r.value
+            };
+            let (wa, wb) = (w(a), w(b));
+            let r = ap(op, wa, wb, Round::TowardZero).value;
+            r.abs() >= Double::from_bits(0x47f0_0000_0000_0000)
+        }
+        P::D => {
+            let mut w = |x: u64| -> Quad {
+                let r: StatusAnd<Quad> = Double::from_bits(x.into()).convert(&mut loses);
+                r.value
+            };
+            let (wa, wb) = (w(a), w(b));
+            let r = ap(op, wa, wb, Round::TowardZero).value;
+            r.abs() >= Quad::from_bits((16383u128 + 1024) << 112)
+        }
+    }
+}
+
 fn minmax(p: P, max: bool, a: u64, b: u64, mxcsr: u32, fl: &mut u32) -> u64 {
-    let a = input(p, a, mxcsr, fl);
-    let b = input(p, b, mxcsr, fl);
+    let (a, b) = inputs(p, a, b, mxcsr, fl);
     if p.is_nan(a) || p.is_nan(b) {
         *fl |= mx::IE;
         return b;
@@ -254,7 +308,12 @@ fn minmax(p: P, max: bool, a: u64, b: u64, mxcsr: u32, fl: &mut u32) -> u64 {
 }
 
 fn sqrt(p: P, _: u64, b: u64, mxcsr: u32, fl: &mut u32) -> u64 {
-    let x = input(p, b, mxcsr, fl);
+    // The invalid operation (a negative denormal) takes precedence over DE.
+    let mut de = 0;
+    let x = input(p, b, mxcsr, &mut de);
+    if x & p.sign() == 0 {
+        *fl |= de;
+    }
     if p.is_nan(x) {
         if p.is_snan(x) {
             *fl |= mx::IE;
@@ -267,37 +326,78 @@ fn sqrt(p: P, _: u64, b: u64, mxcsr: u32, fl: &mut u32) -> u64 {
     }
     let rm = round_mode(mxcsr);
     // The host square root is correctly rounded to nearest; the residual r*r - x (exact
-    // through a fused multiply-add) says on which side of the true root it lies.
-    let (r, res) = match p {
+    // through a fused multiply-add) says on which side of the true root it lies. Tiny doubles
+    // are scaled by 2^108 first (the root by 2^54, exactly) so that the residual does not
+    // underflow.
+    let (r, res, tiny) = match p {
         P::S => {
             let v = f64::from(f32::from_bits(x as u32));
             let r = v.sqrt() as f32;
             let rr = f64::from(r);
-            (u64::from(r.to_bits()), rr * rr - v)
+            (u64::from(r.to_bits()), rr * rr - v, false)
         }
         P::D => {
             let v = f64::from_bits(x);
+            let tiny = v != 0.0 && v.abs() < f64::from_bits(0x0c00_0000_0000_0000);
+            let v = if tiny {
+                v * f64::from_bits(0x46b0_0000_0000_0000)
+            } else {
+                v
+            };
             let r = v.sqrt();
-            (r.to_bits(), r.mul_add(r, -v))
+            (r.to_bits(), r.mul_add(r, -v), tiny)
         }
     };
     if res == 0.0 || p.is_nan(r) || r & !p.sign() == p.exp_mask() || r & !p.sign() == 0 {
-        return r;
+        return if tiny { unscale(r) } else { r };
     }
     *fl |= mx::PE;
-    match rm {
+    let r = match rm {
         Round::TowardNegative | Round::TowardZero if res > 0.0 => r - 1,
         Round::TowardPositive if res < 0.0 => r + 1,
         _ => r,
+    };
+    if tiny {
+        unscale(r)
+    } else {
+        r
     }
 }
 
-/// Approximate reciprocal (exactly rounded, within the architectural error bound).
+/// Undoes the 2^54 scaling of a square root of a tiny double (exact: the root is normal).
+fn unscale(r: u64) -> u64 {
+    (f64::from_bits(r) * f64::from_bits(0x3c90_0000_0000_0000)).to_bits()
+}
+
+/// Denormal inputs count as zeros and denormal results are flushed to zero (whatever DAZ and
+/// FZ say); NaNs are quieted; no flags.
 fn rcp(_: P, _: u64, b: u64, _: u32, _: &mut u32) -> u64 {
-    u64::from((1.0 / f32::from_bits(b as u32)).to_bits())
+    approx(b as u32, |x| 1.0 / x)
 }
 fn rsqrt(_: P, _: u64, b: u64, _: u32, _: &mut u32) -> u64 {
-    u64::from((1.0 / f32::from_bits(b as u32).sqrt()).to_bits())
+    approx(
+        b as u32,
+        |x| if x < 0.0 { f32::NAN } else { 1.0 / x.sqrt() },
+    )
+}
+fn approx(b: u32, f: impl Fn(f32) -> f32) -> u64 {
+    let p = P::S;
+    let x = u64::from(b);
+    if p.is_nan(x) {
+        return x | p.quiet_bit();
+    }
+    let x = if p.is_denormal(x) { x & p.sign() } else { x };
+    let r = f(f32::from_bits(x as u32));
+    let r = if r.is_nan() {
+        p.default_nan()
+    } else {
+        u64::from(r.to_bits())
+    };
+    if p.is_denormal(r) {
+        r & p.sign()
+    } else {
+        r
+    }
 }
 
 type LaneFn = fn(P, u64, u64, u32, &mut u32) -> u64;
@@ -475,8 +575,7 @@ fn hsubpd(cpu: &mut Cpu, ins: &Instruction) -> R {
 
 /// CMPxx predicate `pred` (0..7) on one lane: all ones if true.
 fn cmp_lane(p: P, pred: u32, a: u64, b: u64, mxcsr: u32, fl: &mut u32) -> u64 {
-    let a = input(p, a, mxcsr, fl);
-    let b = input(p, b, mxcsr, fl);
+    let (a, b) = inputs(p, a, b, mxcsr, fl);
     let unord = p.is_nan(a) || p.is_nan(b);
     // LT, LE, NLT, NLE signal on any NaN; the others only on SNaN.
     if (unord && matches!(pred & 7, 1 | 2 | 5 | 6)) || p.is_snan(a) || p.is_snan(b) {
@@ -538,8 +637,7 @@ fn comi(cpu: &mut Cpu, ins: &Instruction, p: P, signal_qnan: bool) -> R {
     let a = rd(cpu, ins, 0)?;
     let m = cpu.fpu.mxcsr;
     let mut fl = 0;
-    let a = input(p, lane(a, p.bits(), 0), m, &mut fl);
-    let b = input(p, lane(b, p.bits(), 0), m, &mut fl);
+    let (a, b) = inputs(p, lane(a, p.bits(), 0), lane(b, p.bits(), 0), m, &mut fl);
     let unord = p.is_nan(a) || p.is_nan(b);
     if (unord && signal_qnan) || p.is_snan(a) || p.is_snan(b) {
         fl |= mx::IE;

@@ -1,0 +1,422 @@
+//! Pre-digested forms of the most frequent instructions, executed inline by the block loop.
+//!
+//! Register moves, ALU operations on registers, LEA, simple 64-bit loads and stores and
+//! direct branches make up most of what a kernel and compiled user code execute. For them
+//! the decoder records the register numbers, immediates and targets once, and the block loop
+//! runs them without an indirect call or any iced-x86 operand decoding. Every other form
+//! (and every corner of these: segment overrides, 16/8-bit operands, non-canonical targets)
+//! keeps its general handler in `exec/`, which stays the reference for their semantics.
+
+use super::{Cpu, Seg, R};
+use iced_x86::{Code, ConditionCode, FlowControl, Instruction, Mnemonic, OpKind, Register};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alu {
+    Add,
+    Or,
+    Adc,
+    Sbb,
+    And,
+    Sub,
+    Xor,
+    Cmp,
+    Test,
+}
+
+/// A memory operand `[base + index << shift + disp]` with 64-bit registers (`NONE` = absent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addr {
+    seg: Seg,
+    base: u8,
+    index: u8,
+    shift: u8,
+    disp: u64,
+}
+
+const NONE: u8 = 0xff;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fast {
+    /// Use the general handler.
+    No,
+    /// `mov` between registers; `w64` false means 32-bit (zero-extends).
+    MovRR {
+        w64: bool,
+        d: u8,
+        s: u8,
+    },
+    /// `mov reg, imm` with the value already extended to the full register.
+    MovRI {
+        d: u8,
+        v: u64,
+    },
+    AluRR {
+        op: Alu,
+        w64: bool,
+        d: u8,
+        s: u8,
+    },
+    AluRI {
+        op: Alu,
+        w64: bool,
+        d: u8,
+        v: u64,
+    },
+    IncDec {
+        dec: bool,
+        w64: bool,
+        d: u8,
+    },
+    Lea {
+        d: u8,
+        a: Addr,
+    },
+    /// `mov reg, [mem]` / `mov [mem], reg` of 4 or 8 bytes in 64-bit code, DS/SS segment.
+    Load {
+        size: u8,
+        d: u8,
+        a: Addr,
+    },
+    Store {
+        size: u8,
+        s: u8,
+        a: Addr,
+    },
+    Jcc {
+        cc: u8,
+        target: u64,
+    },
+    Jmp {
+        target: u64,
+    },
+}
+
+/// The GPR number of a 32- or 64-bit register of the wanted width.
+fn gpr(r: Register, w64: bool) -> Option<u8> {
+    if w64 && r.is_gpr64() {
+        Some((r as usize - Register::RAX as usize) as u8)
+    } else if !w64 && r.is_gpr32() {
+        Some((r as usize - Register::EAX as usize) as u8)
+    } else {
+        None
+    }
+}
+
+fn alu_op(m: Mnemonic) -> Option<Alu> {
+    Some(match m {
+        Mnemonic::Add => Alu::Add,
+        Mnemonic::Or => Alu::Or,
+        Mnemonic::Adc => Alu::Adc,
+        Mnemonic::Sbb => Alu::Sbb,
+        Mnemonic::And => Alu::And,
+        Mnemonic::Sub => Alu::Sub,
+        Mnemonic::Xor => Alu::Xor,
+        Mnemonic::Cmp => Alu::Cmp,
+        Mnemonic::Test => Alu::Test,
+        _ => return None,
+    })
+}
+
+fn cc_num(cc: ConditionCode) -> Option<u8> {
+    use ConditionCode as C;
+    Some(match cc {
+        C::o => 0,
+        C::no => 1,
+        C::b => 2,
+        C::ae => 3,
+        C::e => 4,
+        C::ne => 5,
+        C::be => 6,
+        C::a => 7,
+        C::s => 8,
+        C::ns => 9,
+        C::p => 10,
+        C::np => 11,
+        C::l => 12,
+        C::ge => 13,
+        C::le => 14,
+        C::g => 15,
+        C::None => return None,
+    })
+}
+
+fn canonical(v: u64) -> bool {
+    ((v as i64) << 16 >> 16) as u64 == v
+}
+
+/// A 64-bit-register memory operand in DS or SS (no base in 64-bit mode), if it is one.
+fn addr64(ins: &Instruction) -> Option<Addr> {
+    let base = ins.memory_base();
+    let index = ins.memory_index();
+    let seg = match ins.memory_segment() {
+        Register::DS => Seg::Ds,
+        Register::SS => Seg::Ss,
+        _ => return None,
+    };
+    let reg = |r: Register| -> Option<u8> {
+        if r == Register::None {
+            Some(NONE)
+        } else {
+            gpr(r, true)
+        }
+    };
+    Some(Addr {
+        seg,
+        base: reg(base)?,
+        index: reg(index)?,
+        shift: ins.memory_index_scale().trailing_zeros() as u8,
+        disp: ins.memory_displacement64(),
+    })
+}
+
+/// Chooses the fast form of a decoded instruction, for code of width `bits`.
+pub fn digest(ins: &Instruction, bits: u32) -> Fast {
+    let m = ins.mnemonic();
+    let k0 = ins.op_kind(0);
+    let k1 = if ins.op_count() > 1 {
+        ins.op_kind(1)
+    } else {
+        OpKind::Register
+    };
+    let is_imm = |k: OpKind| {
+        matches!(
+            k,
+            OpKind::Immediate8to32
+                | OpKind::Immediate8to64
+                | OpKind::Immediate32
+                | OpKind::Immediate32to64
+                | OpKind::Immediate64
+        )
+    };
+    match ins.flow_control() {
+        FlowControl::ConditionalBranch => {
+            let target = ins.near_branch_target();
+            return match (cc_num(ins.condition_code()), ins.code()) {
+                (Some(cc), _)
+                    if ins.is_jcc_short_or_near()
+                        && matches!(k0, OpKind::NearBranch64 | OpKind::NearBranch32)
+                        && (bits != 64 || canonical(target)) =>
+                {
+                    let target = if bits == 64 {
+                        target
+                    } else {
+                        target & 0xffff_ffff
+                    };
+                    Fast::Jcc { cc, target }
+                }
+                _ => Fast::No,
+            };
+        }
+        FlowControl::UnconditionalBranch => {
+            let target = ins.near_branch_target();
+            return if matches!(ins.code(), Code::Jmp_rel8_64 | Code::Jmp_rel32_64)
+                && canonical(target)
+            {
+                Fast::Jmp { target }
+            } else if matches!(ins.code(), Code::Jmp_rel8_32 | Code::Jmp_rel32_32) && bits == 32 {
+                Fast::Jmp {
+                    target: target & 0xffff_ffff,
+                }
+            } else {
+                Fast::No
+            };
+        }
+        FlowControl::Next => {}
+        _ => return Fast::No,
+    }
+    if ins.has_lock_prefix() || ins.has_rep_prefix() || ins.has_repne_prefix() {
+        return Fast::No;
+    }
+    let r0 = ins.op0_register();
+    let r1 = ins.op1_register();
+    for w64 in [true, false] {
+        if k0 == OpKind::Register {
+            let Some(d) = gpr(r0, w64) else { continue };
+            match m {
+                Mnemonic::Mov if k1 == OpKind::Register => {
+                    if let Some(s) = gpr(r1, w64) {
+                        return Fast::MovRR { w64, d, s };
+                    }
+                }
+                Mnemonic::Mov if is_imm(k1) => {
+                    let v = ins.immediate(1);
+                    let v = if w64 { v } else { v & 0xffff_ffff };
+                    return Fast::MovRI { d, v };
+                }
+                Mnemonic::Mov if k1 == OpKind::Memory && bits == 64 => {
+                    if let Some(a) = addr64(ins) {
+                        return Fast::Load {
+                            size: if w64 { 8 } else { 4 },
+                            d,
+                            a,
+                        };
+                    }
+                }
+                Mnemonic::Lea if bits == 64 && w64 => {
+                    if let Some(a) = addr64(ins) {
+                        return Fast::Lea { d, a };
+                    }
+                }
+                Mnemonic::Inc | Mnemonic::Dec if ins.op_count() == 1 => {
+                    return Fast::IncDec {
+                        dec: m == Mnemonic::Dec,
+                        w64,
+                        d,
+                    };
+                }
+                _ => {}
+            }
+            if let Some(op) = alu_op(m) {
+                if k1 == OpKind::Register {
+                    if let Some(s) = gpr(r1, w64) {
+                        return Fast::AluRR { op, w64, d, s };
+                    }
+                } else if is_imm(k1) {
+                    let v = ins.immediate(1);
+                    let v = if w64 { v } else { v & 0xffff_ffff };
+                    return Fast::AluRI { op, w64, d, v };
+                }
+            }
+        } else if k0 == OpKind::Memory && m == Mnemonic::Mov && bits == 64 && k1 == OpKind::Register
+        {
+            if let (Some(s), Some(a)) = (gpr(r1, w64), addr64(ins)) {
+                return Fast::Store {
+                    size: if w64 { 8 } else { 4 },
+                    s,
+                    a,
+                };
+            }
+        }
+    }
+    Fast::No
+}
+
+impl Cpu {
+    #[inline(always)]
+    fn addr(&self, a: &Addr) -> u64 {
+        let mut v = a.disp;
+        if a.base != NONE {
+            v = v.wrapping_add(self.gpr[(a.base & 15) as usize]);
+        }
+        if a.index != NONE {
+            v = v.wrapping_add(self.gpr[(a.index & 15) as usize] << a.shift);
+        }
+        v
+    }
+
+    #[inline(always)]
+    fn alu(&mut self, op: Alu, w64: bool, d: u8, b: u64) {
+        let (mask, bits) = if w64 {
+            (u64::MAX, 64)
+        } else {
+            (0xffff_ffff, 32)
+        };
+        let i = (d & 15) as usize;
+        let a = self.gpr[i] & mask;
+        let b = b & mask;
+        let res = match op {
+            Alu::Add => {
+                let r = a.wrapping_add(b) & mask;
+                self.flags.set_add(a, b, false, r, bits);
+                r
+            }
+            Alu::Adc => {
+                let c = self.flags.cf();
+                let r = a.wrapping_add(b).wrapping_add(c as u64) & mask;
+                self.flags.set_add(a, b, c, r, bits);
+                r
+            }
+            Alu::Sub | Alu::Cmp => {
+                let r = a.wrapping_sub(b) & mask;
+                self.flags.set_sub(a, b, false, r, bits);
+                if op == Alu::Cmp {
+                    return;
+                }
+                r
+            }
+            Alu::Sbb => {
+                let c = self.flags.cf();
+                let r = a.wrapping_sub(b).wrapping_sub(c as u64) & mask;
+                self.flags.set_sub(a, b, c, r, bits);
+                r
+            }
+            Alu::And | Alu::Test => {
+                let r = a & b;
+                self.flags.set_logic(r, bits);
+                if op == Alu::Test {
+                    return;
+                }
+                r
+            }
+            Alu::Or => {
+                let r = a | b;
+                self.flags.set_logic(r, bits);
+                r
+            }
+            Alu::Xor => {
+                let r = a ^ b;
+                self.flags.set_logic(r, bits);
+                r
+            }
+        };
+        // A 32-bit result zero-extends into the full register.
+        self.gpr[i] = res;
+    }
+
+    /// Runs a fast form. Returns `None` if the form is `Fast::No`, so that the caller runs
+    /// the general handler instead.
+    #[inline(always)]
+    pub(super) fn exec_fast(&mut self, f: &Fast) -> Option<R> {
+        match *f {
+            Fast::No => return None,
+            Fast::MovRR { w64, d, s } => {
+                let v = self.gpr[(s & 15) as usize];
+                self.gpr[(d & 15) as usize] = if w64 { v } else { v & 0xffff_ffff };
+            }
+            Fast::MovRI { d, v } => self.gpr[(d & 15) as usize] = v,
+            Fast::AluRR { op, w64, d, s } => {
+                let b = self.gpr[(s & 15) as usize];
+                self.alu(op, w64, d, b);
+            }
+            Fast::AluRI { op, w64, d, v } => self.alu(op, w64, d, v),
+            Fast::IncDec { dec, w64, d } => {
+                let (mask, bits) = if w64 {
+                    (u64::MAX, 64)
+                } else {
+                    (0xffff_ffff, 32)
+                };
+                let i = (d & 15) as usize;
+                let a = self.gpr[i] & mask;
+                let r = if dec {
+                    a.wrapping_sub(1)
+                } else {
+                    a.wrapping_add(1)
+                } & mask;
+                self.flags.set_incdec(dec, a, r, bits);
+                self.gpr[i] = r;
+            }
+            Fast::Lea { d, a } => self.gpr[(d & 15) as usize] = self.addr(&a),
+            Fast::Load { size, d, a } => {
+                let off = self.addr(&a);
+                match self.read(a.seg, off, size as usize) {
+                    Ok(v) => self.gpr[(d & 15) as usize] = v,
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            Fast::Store { size, s, a } => {
+                let off = self.addr(&a);
+                let v = self.gpr[(s & 15) as usize];
+                if let Err(e) = self.write(a.seg, off, size as usize, v) {
+                    return Some(Err(e));
+                }
+            }
+            Fast::Jcc { cc, target } => {
+                if self.flags.cond(cc) {
+                    self.next_rip = target;
+                }
+            }
+            Fast::Jmp { target } => self.next_rip = target,
+        }
+        Some(Ok(()))
+    }
+}
