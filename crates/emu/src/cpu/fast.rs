@@ -89,6 +89,42 @@ pub enum Fast {
     Jmp {
         target: u64,
     },
+    /// Two-operand `imul reg, reg`.
+    Imul {
+        w64: bool,
+        d: u8,
+        s: u8,
+    },
+    /// SHL/SHR/SAR of a register by a non-zero immediate count.
+    Shift {
+        op: u8,
+        w64: bool,
+        d: u8,
+        count: u8,
+    },
+    Cmov {
+        cc: u8,
+        w64: bool,
+        d: u8,
+        s: u8,
+    },
+    /// `movsxd r64, r32`.
+    Movsxd {
+        d: u8,
+        s: u8,
+    },
+    /// `push r64` / `pop r64` in 64-bit code.
+    Push {
+        s: u8,
+    },
+    Pop {
+        d: u8,
+    },
+    /// `call rel32` / `ret` in 64-bit code.
+    Call {
+        target: u64,
+    },
+    Ret,
 }
 
 /// The GPR number of a 32- or 64-bit register of the wanted width.
@@ -138,6 +174,28 @@ fn cc_num(cc: ConditionCode) -> Option<u8> {
         C::g => 15,
         C::None => return None,
     })
+}
+
+fn is_cmov(m: Mnemonic) -> bool {
+    matches!(
+        m,
+        Mnemonic::Cmovo
+            | Mnemonic::Cmovno
+            | Mnemonic::Cmovb
+            | Mnemonic::Cmovae
+            | Mnemonic::Cmove
+            | Mnemonic::Cmovne
+            | Mnemonic::Cmovbe
+            | Mnemonic::Cmova
+            | Mnemonic::Cmovs
+            | Mnemonic::Cmovns
+            | Mnemonic::Cmovp
+            | Mnemonic::Cmovnp
+            | Mnemonic::Cmovl
+            | Mnemonic::Cmovge
+            | Mnemonic::Cmovle
+            | Mnemonic::Cmovg
+    )
 }
 
 fn canonical(v: u64) -> bool {
@@ -221,6 +279,14 @@ pub fn digest(ins: &Instruction, bits: u32) -> Fast {
                 Fast::No
             };
         }
+        FlowControl::Call
+            if ins.code() == Code::Call_rel32_64 && canonical(ins.near_branch_target()) =>
+        {
+            return Fast::Call {
+                target: ins.near_branch_target(),
+            };
+        }
+        FlowControl::Return if ins.code() == Code::Retnq => return Fast::Ret,
         FlowControl::Next => {}
         _ => return Fast::No,
     }
@@ -257,6 +323,43 @@ pub fn digest(ins: &Instruction, bits: u32) -> Fast {
                         return Fast::Lea { d, a };
                     }
                 }
+                Mnemonic::Imul if ins.op_count() == 2 && k1 == OpKind::Register => {
+                    if let Some(s) = gpr(r1, w64) {
+                        return Fast::Imul { w64, d, s };
+                    }
+                }
+                Mnemonic::Shl | Mnemonic::Shr | Mnemonic::Sar if k1 == OpKind::Immediate8 => {
+                    let count = ins.immediate8() & if w64 { 0x3f } else { 0x1f };
+                    if count != 0 {
+                        let op = match m {
+                            Mnemonic::Shl => crate::cpu::exec::int::SHL,
+                            Mnemonic::Shr => crate::cpu::exec::int::SHR,
+                            _ => crate::cpu::exec::int::SAR,
+                        };
+                        return Fast::Shift { op, w64, d, count };
+                    }
+                }
+                Mnemonic::Movsxd if w64 && k1 == OpKind::Register => {
+                    if let Some(s) = gpr(r1, false) {
+                        return Fast::Movsxd { d, s };
+                    }
+                }
+                Mnemonic::Push if w64 && bits == 64 && ins.op_count() == 1 => {
+                    return Fast::Push { s: d };
+                }
+                Mnemonic::Pop if w64 && bits == 64 && ins.op_count() == 1 => {
+                    return Fast::Pop { d };
+                }
+                _ if ins.op_count() == 2 && k1 == OpKind::Register && m != Mnemonic::Mov => {
+                    if let (Some(cc), true) = (cc_num(ins.condition_code()), is_cmov(m)) {
+                        if let Some(s) = gpr(r1, w64) {
+                            return Fast::Cmov { cc, w64, d, s };
+                        }
+                    }
+                }
+                _ => {}
+            }
+            match m {
                 Mnemonic::Inc | Mnemonic::Dec if ins.op_count() == 1 => {
                     return Fast::IncDec {
                         dec: m == Mnemonic::Dec,
@@ -416,6 +519,76 @@ impl Cpu {
                 }
             }
             Fast::Jmp { target } => self.next_rip = target,
+            Fast::Imul { w64, d, s } => {
+                let (a, b) = (self.gpr[(d & 15) as usize], self.gpr[(s & 15) as usize]);
+                let (res, overflow, bits) = if w64 {
+                    let (r, o) = (a as i64).overflowing_mul(b as i64);
+                    (r as u64, o, 64)
+                } else {
+                    let (r, o) = (a as i32).overflowing_mul(b as i32);
+                    (u64::from(r as u32), o, 32)
+                };
+                self.gpr[(d & 15) as usize] = res;
+                self.flags.set_result(res, bits, overflow, overflow, false);
+            }
+            Fast::Shift { op, w64, d, count } => {
+                let i = (d & 15) as usize;
+                let size = if w64 { 8 } else { 4 };
+                let a = if w64 {
+                    self.gpr[i]
+                } else {
+                    self.gpr[i] & 0xffff_ffff
+                };
+                let r = crate::cpu::exec::int::shift_dyn(
+                    op,
+                    &mut self.flags,
+                    a,
+                    u32::from(count),
+                    size,
+                );
+                self.gpr[i] = if w64 { r } else { r & 0xffff_ffff };
+            }
+            Fast::Cmov { cc, w64, d, s } => {
+                let i = (d & 15) as usize;
+                let v = if self.flags.cond(cc) {
+                    self.gpr[(s & 15) as usize]
+                } else {
+                    self.gpr[i]
+                };
+                // A 32-bit CMOV zero-extends its destination whatever the condition.
+                self.gpr[i] = if w64 { v } else { v & 0xffff_ffff };
+            }
+            Fast::Movsxd { d, s } => {
+                self.gpr[(d & 15) as usize] = self.gpr[(s & 15) as usize] as i32 as i64 as u64;
+            }
+            Fast::Push { s } => {
+                let v = self.gpr[(s & 15) as usize];
+                if let Err(e) = self.push(v, 8) {
+                    return Some(Err(e));
+                }
+            }
+            Fast::Pop { d } => match self.pop(8) {
+                Ok(v) => self.gpr[(d & 15) as usize] = v,
+                Err(e) => return Some(Err(e)),
+            },
+            Fast::Call { target } => {
+                if let Err(e) = self.push(self.next_rip, 8) {
+                    return Some(Err(e));
+                }
+                self.next_rip = target;
+            }
+            Fast::Ret => {
+                let sp = self.gpr[4];
+                let target = match self.read(Seg::Ss, sp, 8) {
+                    Ok(t) => t,
+                    Err(e) => return Some(Err(e)),
+                };
+                if !canonical(target) {
+                    return Some(Err(super::Exception::gp0().into()));
+                }
+                self.gpr[4] = sp.wrapping_add(8);
+                self.next_rip = target;
+            }
         }
         Some(Ok(()))
     }

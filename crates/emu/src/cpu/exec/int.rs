@@ -18,6 +18,8 @@ mod mov;
 #[path = "int_shift.rs"]
 mod shift;
 
+pub(crate) use shift::{shift_dyn, SAR, SHL, SHR};
+
 #[cfg(test)]
 #[path = "int_tests.rs"]
 mod tests;

@@ -15,9 +15,9 @@ const ROL: u8 = 0;
 const ROR: u8 = 1;
 const RCL: u8 = 2;
 const RCR: u8 = 3;
-const SHL: u8 = 4;
-const SHR: u8 = 5;
-const SAR: u8 = 7;
+pub(crate) const SHL: u8 = 4;
+pub(crate) const SHR: u8 = 5;
+pub(crate) const SAR: u8 = 7;
 
 const SHLD: bool = true;
 const SHRD: bool = false;
@@ -75,6 +75,16 @@ fn bit(v: u64, n: u32) -> bool {
 
 /// Shifts or rotates `a` (`bits` wide) by a non-zero masked `count`, recording the flags.
 #[inline(always)]
+/// SHL, SHR or SAR chosen at run time (for the block loop's fast forms); `count` is non-zero
+/// and already masked.
+pub(crate) fn shift_dyn(op: u8, f: &mut Flags, a: u64, count: u32, size: usize) -> u64 {
+    match op {
+        SHL => shift::<SHL>(f, a, count, size),
+        SHR => shift::<SHR>(f, a, count, size),
+        _ => shift::<SAR>(f, a, count, size),
+    }
+}
+
 fn shift<const OP: u8>(f: &mut Flags, a: u64, count: u32, size: usize) -> u64 {
     let b = bits(size);
     let m = if b >= 64 { u64::MAX } else { (1u64 << b) - 1 };
