@@ -70,6 +70,9 @@ pub struct Mmu {
     code_pages: FxHashSet<u64>,
     /// Physical pages whose code was written since the run loop last looked.
     pub dirty_code: Vec<u64>,
+    /// Changes whenever a translation may have changed (any TLB flush): caches keyed by linear
+    /// address (the block jump cache) are valid only for the generation they were made in.
+    pub generation: u64,
 }
 
 // SAFETY: see `Region`; TLB host pointers point into those regions.
@@ -88,6 +91,7 @@ impl Mmu {
             tlb: vec![EMPTY; TLB_SIZE].into_boxed_slice(),
             code_pages: FxHashSet::default(),
             dirty_code: Vec::new(),
+            generation: 0,
         }
     }
 
@@ -118,11 +122,13 @@ impl Mmu {
     }
 
     pub fn flush_all(&mut self) {
+        self.generation += 1;
         self.tlb.fill(EMPTY);
     }
 
     /// Flushes the entries that are not global (a CR3 write with CR4.PGE).
     pub fn flush_nonglobal(&mut self) {
+        self.generation += 1;
         for e in self.tlb.iter_mut() {
             if !e.global {
                 *e = EMPTY;
@@ -131,6 +137,7 @@ impl Mmu {
     }
 
     pub fn flush_page(&mut self, lin: u64) {
+        self.generation += 1;
         let vpn = lin >> 12;
         let e = &mut self.tlb[(vpn as usize) & (TLB_SIZE - 1)];
         if e.vpn == vpn {
@@ -500,14 +507,32 @@ impl Cpu {
     }
 
     /// Reads any number of bytes (vectors, FXSAVE areas, descriptors).
+    #[inline]
     pub fn read_bytes(&mut self, seg: Seg, off: u64, buf: &mut [u8]) -> R {
         let lin = self.linear(seg, off)?;
+        if let Some(p) = self.fast(lin, buf.len(), Access::Read) {
+            // SAFETY: `fast` returned a pointer with `buf.len()` readable bytes.
+            unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), buf.len()) };
+            return Ok(());
+        }
         self.access_slow(lin, buf, Access::Read, self.cpl == 3)
     }
 
     /// Writes any number of bytes; nothing is written unless every page is writable.
+    #[inline]
     pub fn write_bytes(&mut self, seg: Seg, off: u64, buf: &[u8]) -> R {
         let lin = self.linear(seg, off)?;
+        if let Some(p) = self.fast(lin, buf.len(), Access::Write) {
+            // SAFETY: `fast` returned a pointer with `buf.len()` writable bytes.
+            unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), p, buf.len()) };
+            return Ok(());
+        }
+        let mut small = [0u8; 64];
+        if buf.len() <= small.len() {
+            let b = &mut small[..buf.len()];
+            b.copy_from_slice(buf);
+            return self.access_slow(lin, b, Access::Write, self.cpl == 3);
+        }
         let mut b = buf.to_vec();
         self.access_slow(lin, &mut b, Access::Write, self.cpl == 3)
     }

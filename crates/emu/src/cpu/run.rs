@@ -13,6 +13,7 @@ use super::fast::{self, Fast};
 use super::{exec, Cpu, Fault, Handler};
 use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, FlowControl, Instruction};
 use rustc_hash::FxHashMap;
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
@@ -22,23 +23,34 @@ const MAX_BLOCK: usize = 64;
 const FAST_BITS: u32 = 12;
 
 pub struct Block {
-    /// Guest-physical address, linear address and code width the block was decoded for.
-    phys: u64,
+    /// Linear address and code width the block was decoded for.
     virt: u64,
     bits: u32,
     /// Each instruction with its handler, the address of the next instruction and its fast
     /// form.
     insns: Vec<(Instruction, Handler, u64, Fast)>,
+    /// Cleared when a write to its page drops the block, for the jump cache's copies.
+    valid: Cell<bool>,
 }
 
-/// Decoded blocks: a hash map by physical address, fronted by a direct-mapped table that
-/// answers most lookups with one compare.
+#[derive(Clone)]
+/// A jump-cache entry: a block found for a linear RIP at some privilege level, valid while the
+/// translations have not changed.
+struct Jump {
+    block: Rc<Block>,
+    generation: u64,
+    cpl: u8,
+}
+
+/// Decoded blocks: a hash map by physical address, fronted in 64-bit mode by a direct-mapped
+/// jump cache by RIP that answers most lookups without translating RIP.
 ///
 /// Blocks are reference-counted with `Rc`: the cache belongs to one `Cpu` and its blocks never
 /// leave it, so no atomic counting is needed.
 pub struct BlockCache {
     blocks: FxHashMap<u64, Rc<Block>>,
-    fast: Vec<Option<Rc<Block>>>,
+    /// In 64-bit mode, blocks by RIP, skipping the translation of RIP (the jump cache).
+    fast: Vec<Option<Jump>>,
     /// Physical page number -> start addresses of the blocks in it.
     pages: FxHashMap<u64, Vec<u64>>,
 }
@@ -58,18 +70,16 @@ impl Default for BlockCache {
 }
 
 #[inline]
-fn fast_slot(phys: u64) -> usize {
-    ((phys ^ (phys >> FAST_BITS)) as usize) & ((1 << FAST_BITS) - 1)
+fn fast_slot(rip: u64) -> usize {
+    ((rip ^ (rip >> FAST_BITS)) as usize) & ((1 << FAST_BITS) - 1)
 }
 
 impl BlockCache {
     fn invalidate_page(&mut self, page: u64) {
         if let Some(starts) = self.pages.remove(&page) {
             for s in starts {
-                self.blocks.remove(&s);
-                let slot = &mut self.fast[fast_slot(s)];
-                if slot.as_ref().is_some_and(|b| b.phys == s) {
-                    *slot = None;
+                if let Some(b) = self.blocks.remove(&s) {
+                    b.valid.set(false);
                 }
             }
         }
@@ -230,35 +240,54 @@ impl Cpu {
     /// Finds or decodes the block at RIP.
     #[inline]
     fn lookup_block(&mut self) -> Result<Rc<Block>, Fault> {
+        let slot = fast_slot(self.rip);
+        if self.long64 {
+            if let Some(j) = &self.blocks.fast[slot] {
+                let b = &j.block;
+                if b.virt == self.rip
+                    && j.generation == self.mem.generation
+                    && j.cpl == self.cpl
+                    && b.bits == 64
+                    && b.valid.get()
+                {
+                    return Ok(b.clone());
+                }
+            }
+        }
         let lin = self.linear(super::Seg::Cs, self.rip)?;
         let phys = self.translate(lin, super::mem::Access::Exec, self.cpl == 3)?;
-        if let Some(b) = &self.blocks.fast[fast_slot(phys)] {
-            if b.phys == phys && b.virt == self.rip && b.bits == self.code_bits {
-                return Ok(b.clone());
+        let block = match self.blocks.blocks.get(&phys) {
+            Some(b) if b.virt == self.rip && b.bits == self.code_bits => b.clone(),
+            _ => {
+                let block = Rc::new(self.decode_block(lin)?);
+                if block.insns.len() > 1 || !crosses_page(&block) {
+                    self.mem.mark_code(phys >> 12);
+                    let starts = self.blocks.pages.entry(phys >> 12).or_default();
+                    if !starts.contains(&phys) {
+                        starts.push(phys);
+                    }
+                    if let Some(old) = self.blocks.blocks.insert(phys, block.clone()) {
+                        old.valid.set(false);
+                    }
+                } else {
+                    // Not tracked for writes: must not be found again without decoding.
+                    return Ok(block);
+                }
+                block
             }
-        }
-        if let Some(b) = self.blocks.blocks.get(&phys) {
-            if b.virt == self.rip && b.bits == self.code_bits {
-                let b = b.clone();
-                self.blocks.fast[fast_slot(phys)] = Some(b.clone());
-                return Ok(b);
-            }
-        }
-        let block = Rc::new(self.decode_block(lin, phys)?);
-        if block.insns.len() > 1 || !crosses_page(&block) {
-            self.mem.mark_code(phys >> 12);
-            let starts = self.blocks.pages.entry(phys >> 12).or_default();
-            if !starts.contains(&phys) {
-                starts.push(phys);
-            }
-            self.blocks.blocks.insert(phys, block.clone());
-            self.blocks.fast[fast_slot(phys)] = Some(block.clone());
+        };
+        if self.long64 {
+            self.blocks.fast[slot] = Some(Jump {
+                block: block.clone(),
+                generation: self.mem.generation,
+                cpl: self.cpl,
+            });
         }
         Ok(block)
     }
 
     /// Decodes instructions from RIP to the first control transfer or the end of the page.
-    fn decode_block(&mut self, lin: u64, phys: u64) -> Result<Block, Fault> {
+    fn decode_block(&mut self, lin: u64) -> Result<Block, Fault> {
         let mut buf = [0u8; 4096 + 15];
         let (_, n) = self.fetch(lin, &mut buf[..4096])?;
         let mut insns = Vec::with_capacity(8);
@@ -305,7 +334,7 @@ impl Cpu {
             insns.push((ins, exec::resolve(&ins), self.rip, Fast::No));
         }
         Ok(Block {
-            phys,
+            valid: Cell::new(true),
             virt: self.rip,
             bits: self.code_bits,
             insns,
