@@ -23,7 +23,8 @@ pub enum Alu {
     Test,
 }
 
-/// A memory operand `[base + index << shift + disp]` with 64-bit registers (`NONE` = absent).
+/// A memory operand `[base + index << shift + disp]` with 64-bit registers (`NONE` = absent);
+/// RIP-relative operands become an absolute `disp`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Addr {
     seg: Seg,
@@ -125,6 +126,38 @@ pub enum Fast {
         target: u64,
     },
     Ret,
+    /// `op reg, [mem]`.
+    AluRM {
+        op: Alu,
+        w64: bool,
+        d: u8,
+        a: Addr,
+    },
+    /// `op [mem], reg` and `op [mem], imm` (read-modify-write unless CMP/TEST).
+    AluMR {
+        op: Alu,
+        w64: bool,
+        s: u8,
+        a: Addr,
+    },
+    AluMI {
+        op: Alu,
+        w64: bool,
+        v: u64,
+        a: Addr,
+    },
+    /// `movzx r32/r64, byte/word [mem]`.
+    MovzxLoad {
+        size: u8,
+        d: u8,
+        a: Addr,
+    },
+    /// `mov [mem], imm` of 4 or 8 bytes.
+    StoreImm {
+        size: u8,
+        v: u64,
+        a: Addr,
+    },
 }
 
 /// The GPR number of a 32- or 64-bit register of the wanted width.
@@ -218,6 +251,16 @@ fn addr64(ins: &Instruction) -> Option<Addr> {
             gpr(r, true)
         }
     };
+    if base == Register::RIP {
+        // iced computed the absolute address from the block's RIP.
+        return Some(Addr {
+            seg,
+            base: NONE,
+            index: NONE,
+            shift: 0,
+            disp: ins.ip_rel_memory_address(),
+        });
+    }
     Some(Addr {
         seg,
         base: reg(base)?,
@@ -227,8 +270,18 @@ fn addr64(ins: &Instruction) -> Option<Addr> {
     })
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Tests turn the fast forms off to compare them with the general handlers.
+    pub static DISABLED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Chooses the fast form of a decoded instruction, for code of width `bits`.
 pub fn digest(ins: &Instruction, bits: u32) -> Fast {
+    #[cfg(test)]
+    if DISABLED.with(|d| d.get()) {
+        return Fast::No;
+    }
     let m = ins.mnemonic();
     let k0 = ins.op_kind(0);
     let k1 = if ins.op_count() > 1 {
@@ -369,7 +422,22 @@ pub fn digest(ins: &Instruction, bits: u32) -> Fast {
                 }
                 _ => {}
             }
+            if m == Mnemonic::Movzx && k1 == OpKind::Memory && bits == 64 {
+                let size = ins.memory_size().size();
+                if let (1 | 2, Some(a)) = (size, addr64(ins)) {
+                    return Fast::MovzxLoad {
+                        size: size as u8,
+                        d,
+                        a,
+                    };
+                }
+            }
             if let Some(op) = alu_op(m) {
+                if k1 == OpKind::Memory && bits == 64 {
+                    if let Some(a) = addr64(ins) {
+                        return Fast::AluRM { op, w64, d, a };
+                    }
+                }
                 if k1 == OpKind::Register {
                     if let Some(s) = gpr(r1, w64) {
                         return Fast::AluRR { op, w64, d, s };
@@ -380,14 +448,32 @@ pub fn digest(ins: &Instruction, bits: u32) -> Fast {
                     return Fast::AluRI { op, w64, d, v };
                 }
             }
-        } else if k0 == OpKind::Memory && m == Mnemonic::Mov && bits == 64 && k1 == OpKind::Register
-        {
-            if let (Some(s), Some(a)) = (gpr(r1, w64), addr64(ins)) {
-                return Fast::Store {
-                    size: if w64 { 8 } else { 4 },
-                    s,
-                    a,
-                };
+        } else if k0 == OpKind::Memory && bits == 64 {
+            let size = ins.memory_size().size();
+            if size != if w64 { 8 } else { 4 } {
+                continue;
+            }
+            let Some(a) = addr64(ins) else {
+                return Fast::No;
+            };
+            let size = size as u8;
+            if k1 == OpKind::Register {
+                let Some(s) = gpr(r1, w64) else { continue };
+                if m == Mnemonic::Mov {
+                    return Fast::Store { size, s, a };
+                }
+                if let Some(op) = alu_op(m) {
+                    return Fast::AluMR { op, w64, s, a };
+                }
+            } else if is_imm(k1) {
+                let v = ins.immediate(1);
+                let v = if w64 { v } else { v & 0xffff_ffff };
+                if m == Mnemonic::Mov {
+                    return Fast::StoreImm { size, v, a };
+                }
+                if let Some(op) = alu_op(m) {
+                    return Fast::AluMI { op, w64, v, a };
+                }
             }
         }
     }
@@ -407,63 +493,87 @@ impl Cpu {
         v
     }
 
+    /// Computes `a op b` at 32 or 64 bits, records the flags, and returns the result if the
+    /// operation writes one (CMP and TEST do not).
     #[inline(always)]
-    fn alu(&mut self, op: Alu, w64: bool, d: u8, b: u64) {
+    fn alu_value(&mut self, op: Alu, w64: bool, a: u64, b: u64) -> Option<u64> {
         let (mask, bits) = if w64 {
             (u64::MAX, 64)
         } else {
             (0xffff_ffff, 32)
         };
-        let i = (d & 15) as usize;
-        let a = self.gpr[i] & mask;
-        let b = b & mask;
-        let res = match op {
+        let (a, b) = (a & mask, b & mask);
+        let f = &mut self.flags;
+        Some(match op {
             Alu::Add => {
                 let r = a.wrapping_add(b) & mask;
-                self.flags.set_add(a, b, false, r, bits);
+                f.set_add(a, b, false, r, bits);
                 r
             }
             Alu::Adc => {
-                let c = self.flags.cf();
+                let c = f.cf();
                 let r = a.wrapping_add(b).wrapping_add(c as u64) & mask;
-                self.flags.set_add(a, b, c, r, bits);
+                f.set_add(a, b, c, r, bits);
                 r
             }
             Alu::Sub | Alu::Cmp => {
                 let r = a.wrapping_sub(b) & mask;
-                self.flags.set_sub(a, b, false, r, bits);
+                f.set_sub(a, b, false, r, bits);
                 if op == Alu::Cmp {
-                    return;
+                    return None;
                 }
                 r
             }
             Alu::Sbb => {
-                let c = self.flags.cf();
+                let c = f.cf();
                 let r = a.wrapping_sub(b).wrapping_sub(c as u64) & mask;
-                self.flags.set_sub(a, b, c, r, bits);
+                f.set_sub(a, b, c, r, bits);
                 r
             }
             Alu::And | Alu::Test => {
                 let r = a & b;
-                self.flags.set_logic(r, bits);
+                f.set_logic(r, bits);
                 if op == Alu::Test {
-                    return;
+                    return None;
                 }
                 r
             }
             Alu::Or => {
                 let r = a | b;
-                self.flags.set_logic(r, bits);
+                f.set_logic(r, bits);
                 r
             }
             Alu::Xor => {
                 let r = a ^ b;
-                self.flags.set_logic(r, bits);
+                f.set_logic(r, bits);
                 r
             }
-        };
-        // A 32-bit result zero-extends into the full register.
-        self.gpr[i] = res;
+        })
+    }
+
+    #[inline(always)]
+    fn alu(&mut self, op: Alu, w64: bool, d: u8, b: u64) {
+        let i = (d & 15) as usize;
+        if let Some(r) = self.alu_value(op, w64, self.gpr[i], b) {
+            // A 32-bit result zero-extends into the full register.
+            self.gpr[i] = r;
+        }
+    }
+
+    /// `op [mem], b`: read, compute, write back, and only then keep the new flags.
+    #[inline(always)]
+    fn alu_mem(&mut self, op: Alu, w64: bool, a: &Addr, b: u64) -> R {
+        let size = if w64 { 8 } else { 4 };
+        let off = self.addr(a);
+        let v = self.read(a.seg, off, size)?;
+        let saved = self.flags;
+        if let Some(r) = self.alu_value(op, w64, v, b) {
+            if let Err(e) = self.write(a.seg, off, size, r) {
+                self.flags = saved;
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Runs a fast form. Returns `None` if the form is `Fast::No`, so that the caller runs
@@ -519,6 +629,31 @@ impl Cpu {
                 }
             }
             Fast::Jmp { target } => self.next_rip = target,
+            Fast::AluRM { op, w64, d, a } => {
+                let off = self.addr(&a);
+                match self.read(a.seg, off, if w64 { 8 } else { 4 }) {
+                    Ok(b) => self.alu(op, w64, d, b),
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            Fast::AluMR { op, w64, s, a } => {
+                let b = self.gpr[(s & 15) as usize];
+                return Some(self.alu_mem(op, w64, &a, b));
+            }
+            Fast::AluMI { op, w64, v, a } => return Some(self.alu_mem(op, w64, &a, v)),
+            Fast::MovzxLoad { size, d, a } => {
+                let off = self.addr(&a);
+                match self.read(a.seg, off, size as usize) {
+                    Ok(v) => self.gpr[(d & 15) as usize] = v,
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            Fast::StoreImm { size, v, a } => {
+                let off = self.addr(&a);
+                if let Err(e) = self.write(a.seg, off, size as usize, v) {
+                    return Some(Err(e));
+                }
+            }
             Fast::Imul { w64, d, s } => {
                 let (a, b) = (self.gpr[(d & 15) as usize], self.gpr[(s & 15) as usize]);
                 let (res, overflow, bits) = if w64 {
@@ -593,3 +728,7 @@ impl Cpu {
         Some(Ok(()))
     }
 }
+
+#[cfg(test)]
+#[path = "fast_tests.rs"]
+mod tests;

@@ -249,17 +249,23 @@ pub(crate) fn to_small(v: u128, bits: u32, rm: Round) -> (u64, u16) {
         };
     }
     let x = X::from_bits(v);
-    let mut loses = false;
-    let (st, r) = if bits == 32 {
-        let r: rustc_apfloat::StatusAnd<Single> = x.convert_r(rm, &mut loses);
-        (r.status, r.value.to_bits() as u64)
-    } else {
-        let r: rustc_apfloat::StatusAnd<Double> = x.convert_r(rm, &mut loses);
-        (r.status, r.value.to_bits() as u64)
+    let conv = |rm: Round| -> (Status, u64, f64) {
+        let mut loses = false;
+        if bits == 32 {
+            let r: rustc_apfloat::StatusAnd<Single> = x.convert_r(rm, &mut loses);
+            let b = r.value.to_bits() as u32;
+            (r.status, u64::from(b), f64::from(f32::from_bits(b).abs()))
+        } else {
+            let r: rustc_apfloat::StatusAnd<Double> = x.convert_r(rm, &mut loses);
+            let b = r.value.to_bits() as u64;
+            (r.status, b, f64::from_bits(b).abs())
+        }
     };
+    let (st, r, mag) = conv(rm);
+    // No #D here: FST/FSTP do not signal denormal operands (Intel SDM, FST). C1 = rounded up.
     let mut fl = status_fsw(st);
-    if is_denormal80(v) {
-        fl |= sw::DE;
+    if fl & sw::PE != 0 && mag > conv(Round::TowardZero).2 {
+        fl |= sw::C1;
     }
     (r, fl)
 }
@@ -276,13 +282,16 @@ fn fld(cpu: &mut Cpu, ins: &Instruction) -> R {
                 note(cpu, ins);
                 if underflow(cpu) {
                     push(cpu, F80_INDEFINITE);
+                    // Underflow of the source wins over an overflow of the push: C1 = 0.
+                    cpu.fpu.fsw &= !sw::C1;
                 }
                 return Ok(());
             }
         }
     };
     note(cpu, ins);
-    if signal(cpu, fl) {
+    // A stack overflow takes precedence over the operand's own exceptions (SNaN, denormal).
+    if !cpu.fpu.is_empty(7) || signal(cpu, fl) {
         push(cpu, v);
     }
     Ok(())
@@ -346,9 +355,7 @@ fn fst(cpu: &mut Cpu, ins: &Instruction) -> R {
             write_mem80(cpu, ins, out)?;
         }
         note(cpu, ins);
-        if src.is_none() {
-            cpu.fpu.fsw &= !sw::C1;
-        }
+        cpu.fpu.fsw &= !sw::C1;
         if signal(cpu, fl) && pop {
             cpu.fpu.pop();
         }
@@ -357,7 +364,10 @@ fn fst(cpu: &mut Cpu, ins: &Instruction) -> R {
     note(cpu, ins);
     let d = st_index(ins.op0_register());
     match src {
-        Some(v) => cpu.fpu.set_st(d, v),
+        Some(v) => {
+            cpu.fpu.fsw &= !sw::C1;
+            cpu.fpu.set_st(d, v);
+        }
         None => {
             if !underflow(cpu) {
                 return Ok(());

@@ -73,6 +73,11 @@ fn precision(cpu: &Cpu, v: u128, rm: Round, fl: &mut u16) -> u128 {
     (v & SIGN) | (exp << 64) | u128::from(t << drop)
 }
 
+/// A NaN or an unsupported encoding: the operand's handling precedes a denormal exception.
+pub(crate) fn special(v: u128) -> bool {
+    is_nan80(v) || is_unsupported(v)
+}
+
 /// The x87 NaN result of a two-operand operation: SNaN beats nothing, QNaN beats SNaN,
 /// two of a kind: the larger significand.
 pub(crate) fn nan_result(a: u128, b: u128) -> u128 {
@@ -172,6 +177,9 @@ fn binary(cpu: &mut Cpu, ins: &Instruction) -> R {
     let dst = get(cpu, d);
     let (r, fl) = match (dst, src) {
         (Some(a), Some(b)) => {
+            // A NaN or unsupported operand takes precedence over the memory operand's
+            // denormal exception.
+            let mfl = if special(a) || special(b) { 0 } else { mfl };
             let (a, b) = if rev { (b, a) } else { (a, b) };
             let (r, fl) = compute(cpu, op, a, b);
             (r, fl | mfl)
@@ -199,16 +207,19 @@ fn compare(a: u128, b: u128, quiet: bool) -> (Option<Ordering>, u16) {
     if is_unsupported(a) || is_unsupported(b) {
         return (None, sw::IE);
     }
-    let mut fl = 0;
-    if is_denormal80(a) || is_denormal80(b) {
-        fl |= sw::DE;
-    }
     if is_nan80(a) || is_nan80(b) {
-        if !quiet || is_snan80(a) || is_snan80(b) {
-            fl |= sw::IE;
-        }
+        let fl = if !quiet || is_snan80(a) || is_snan80(b) {
+            sw::IE
+        } else {
+            0
+        };
         return (None, fl);
     }
+    let fl = if is_denormal80(a) || is_denormal80(b) {
+        sw::DE
+    } else {
+        0
+    };
     (X::from_bits(a).partial_cmp(&X::from_bits(b)), fl)
 }
 
@@ -240,6 +251,7 @@ fn fcom(cpu: &mut Cpu, ins: &Instruction) -> R {
     let a = get(cpu, 0);
     let (ord, fl) = match (a, b) {
         (Some(a), Some(b)) => {
+            let mfl = if special(a) || special(b) { 0 } else { mfl };
             let (o, f) = compare(a, b, quiet);
             (o, f | mfl)
         }
@@ -444,12 +456,24 @@ fn unary(cpu: &mut Cpu, ins: &Instruction) -> R {
                     if inexact {
                         fl |= sw::PE;
                     }
-                    precision(cpu, r, rm, &mut fl)
+                    let r = precision(cpu, r, rm, &mut fl);
+                    // C1 = rounded up (the result is positive).
+                    let t = sqrt80(v, Round::TowardZero).0;
+                    if fl & sw::PE != 0
+                        && X::from_bits(r)
+                            > X::from_bits(precision(cpu, t, Round::TowardZero, &mut 0))
+                    {
+                        fl |= sw::C1;
+                    }
+                    r
                 }
             }
             Mnemonic::Frndint => {
                 let r = X::from_bits(v).round_to_integral(rm);
                 fl |= status_fsw(r.status) & (sw::PE | sw::IE);
+                if r.value.abs() > X::from_bits(v).abs() {
+                    fl |= sw::C1;
+                }
                 r.value.to_bits()
             }
             Mnemonic::F2xm1 => {
