@@ -7,8 +7,9 @@
 //! (and every corner of these: segment overrides, 16/8-bit operands, non-canonical targets)
 //! keeps its general handler in `exec/`, which stays the reference for their semantics.
 
+use super::flags::cc_number;
 use super::{Cpu, Seg, R};
-use iced_x86::{Code, ConditionCode, FlowControl, Instruction, Mnemonic, OpKind, Register};
+use iced_x86::{Code, FlowControl, Instruction, Mnemonic, OpKind, Register};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Alu {
@@ -186,29 +187,6 @@ fn alu_op(m: Mnemonic) -> Option<Alu> {
     })
 }
 
-fn cc_num(cc: ConditionCode) -> Option<u8> {
-    use ConditionCode as C;
-    Some(match cc {
-        C::o => 0,
-        C::no => 1,
-        C::b => 2,
-        C::ae => 3,
-        C::e => 4,
-        C::ne => 5,
-        C::be => 6,
-        C::a => 7,
-        C::s => 8,
-        C::ns => 9,
-        C::p => 10,
-        C::np => 11,
-        C::l => 12,
-        C::ge => 13,
-        C::le => 14,
-        C::g => 15,
-        C::None => return None,
-    })
-}
-
 fn is_cmov(m: Mnemonic) -> bool {
     matches!(
         m,
@@ -302,7 +280,7 @@ pub fn digest(ins: &Instruction, bits: u32) -> Fast {
     match ins.flow_control() {
         FlowControl::ConditionalBranch => {
             let target = ins.near_branch_target();
-            return match (cc_num(ins.condition_code()), ins.code()) {
+            return match (cc_number(ins.condition_code()), ins.code()) {
                 (Some(cc), _)
                     if ins.is_jcc_short_or_near()
                         && matches!(k0, OpKind::NearBranch64 | OpKind::NearBranch32)
@@ -404,7 +382,7 @@ pub fn digest(ins: &Instruction, bits: u32) -> Fast {
                     return Fast::Pop { d };
                 }
                 _ if ins.op_count() == 2 && k1 == OpKind::Register && m != Mnemonic::Mov => {
-                    if let (Some(cc), true) = (cc_num(ins.condition_code()), is_cmov(m)) {
+                    if let (Some(cc), true) = (cc_number(ins.condition_code()), is_cmov(m)) {
                         if let Some(s) = gpr(r1, w64) {
                             return Fast::Cmov { cc, w64, d, s };
                         }

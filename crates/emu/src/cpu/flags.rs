@@ -301,31 +301,36 @@ impl Flags {
         r ^ (cc & 1 == 1)
     }
 
-    /// Evaluates an iced-x86 condition code.
+    /// Evaluates an iced-x86 condition code (`None` is always true).
     #[inline]
     pub fn cond_iced(&self, cc: iced_x86::ConditionCode) -> bool {
-        use iced_x86::ConditionCode as C;
-        let n = match cc {
-            C::o => 0,
-            C::no => 1,
-            C::b => 2,
-            C::ae => 3,
-            C::e => 4,
-            C::ne => 5,
-            C::be => 6,
-            C::a => 7,
-            C::s => 8,
-            C::ns => 9,
-            C::p => 10,
-            C::np => 11,
-            C::l => 12,
-            C::ge => 13,
-            C::le => 14,
-            C::g => 15,
-            C::None => return true,
-        };
-        self.cond(n)
+        cc_number(cc).is_none_or(|n| self.cond(n))
     }
+}
+
+/// The x86 encoding (0..16, the low nibble of Jcc/SETcc/CMOVcc) of an iced-x86 condition
+/// code; `None` for instructions without one.
+pub fn cc_number(cc: iced_x86::ConditionCode) -> Option<u8> {
+    use iced_x86::ConditionCode as C;
+    Some(match cc {
+        C::o => 0,
+        C::no => 1,
+        C::b => 2,
+        C::ae => 3,
+        C::e => 4,
+        C::ne => 5,
+        C::be => 6,
+        C::a => 7,
+        C::s => 8,
+        C::ns => 9,
+        C::p => 10,
+        C::np => 11,
+        C::l => 12,
+        C::ge => 13,
+        C::le => 14,
+        C::g => 15,
+        C::None => return None,
+    })
 }
 
 /// x86 parity: set when the low byte has an even number of one bits.

@@ -177,7 +177,12 @@ impl Cpu {
                 Ok(()) => {}
                 Err(Fault::Exit) => return Stop::Io,
                 Err(Fault::Shutdown) => return Stop::Shutdown,
-                Err(Fault::Ex(_)) => unreachable!("exec_block delivers exceptions"),
+                // exec_block delivers exceptions itself; one that escapes delivery is as fatal
+                // as a triple fault, and must not take the host down.
+                Err(Fault::Ex(e)) => {
+                    tracing::error!("emu: undeliverable exception {e:?} at {:#x}", self.rip);
+                    return Stop::Shutdown;
+                }
             }
             if !self.mem.dirty_code.is_empty() {
                 for p in std::mem::take(&mut self.mem.dirty_code) {

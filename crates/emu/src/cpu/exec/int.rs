@@ -72,26 +72,7 @@ fn form(ins: &Instruction, n: u32) -> Form {
 
 /// The condition-code number (the low nibble of the Jcc/SETcc/CMOVcc opcode).
 fn cc_num(cc: ConditionCode) -> Option<usize> {
-    use ConditionCode as C;
-    Some(match cc {
-        C::o => 0,
-        C::no => 1,
-        C::b => 2,
-        C::ae => 3,
-        C::e => 4,
-        C::ne => 5,
-        C::be => 6,
-        C::a => 7,
-        C::s => 8,
-        C::ns => 9,
-        C::p => 10,
-        C::np => 11,
-        C::l => 12,
-        C::ge => 13,
-        C::le => 14,
-        C::g => 15,
-        C::None => return None,
-    })
+    crate::cpu::flags::cc_number(cc).map(usize::from)
 }
 
 /// A table of 16 instantiations of a handler generic over the condition code.
