@@ -128,19 +128,16 @@ fn run(m: &[Mnemonic], cases: usize, seed: u64) {
 }
 
 #[test]
-#[ignore = "x87 divergences not fixed yet (DE precedence, C1 on stores); see notes"]
 fn native_x87_arith() {
     run(ARITH, 300, 0x8787_0001);
 }
 
 #[test]
-#[ignore = "x87 divergences not fixed yet (DE precedence, C1 on stores); see notes"]
 fn native_x87_compare() {
     run(CMP, 300, 0x8787_0002);
 }
 
 #[test]
-#[ignore = "x87 divergences not fixed yet (DE precedence, C1 on stores); see notes"]
 fn native_x87_move() {
     run(MOVE, 300, 0x8787_0003);
 }

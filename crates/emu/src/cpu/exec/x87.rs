@@ -3,8 +3,8 @@
 //! Values stay in their raw 80-bit form (see `fpu.rs`); arithmetic goes through
 //! `rustc_apfloat`'s X87DoubleExtended (IEEE operations with every rounding mode and exact
 //! status flags), square root and FPREM are exact integer algorithms. Precision control
-//! (FCW.PC = single/double) rounds the extended result again (a double rounding, documented
-//! limit). The transcendental instructions (F2XM1, FYL2X, FYL2XP1, FPTAN, FPATAN, FSIN, FCOS,
+//! (FCW.PC = single/double) rounds the truncated extended result plus a sticky bit once.
+//! The transcendental instructions (F2XM1, FYL2X, FYL2XP1, FPTAN, FPATAN, FSIN, FCOS,
 //! FSINCOS) are computed in f64 and are accurate to double precision only.
 //!
 //! Exceptions: flags accumulate in FSW; a masked one gets the IEEE masked response (stack
@@ -19,6 +19,8 @@ use rustc_apfloat::{Float, FloatConvert, Round, Status};
 
 #[path = "x87_arith.rs"]
 mod arith;
+#[path = "x87_bcd.rs"]
+mod bcd;
 #[path = "x87_ctl.rs"]
 mod ctl;
 #[path = "x87_func.rs"]
@@ -43,6 +45,7 @@ pub fn resolve(ins: &Instruction) -> Option<Handler> {
         _ => {
             return arith::resolve(ins)
                 .or_else(|| func::resolve(ins))
+                .or_else(|| bcd::resolve(ins))
                 .or_else(|| ctl::resolve(ins))
         }
     })
@@ -190,7 +193,9 @@ pub(crate) fn int_to_f80(v: i64) -> u128 {
     sign | (u128::from(exp) << 64) | u128::from(sig)
 }
 
-/// A single (bits 32) or double (64) to 80 bits (exact); NaNs keep their payload, quieted.
+/// A single (bits 32) or double (64) to 80 bits (exact); NaNs keep their payload and stay
+/// signaling (IE is reported), so that a two-NaN operation can still tell them apart; the
+/// caller quiets the result.
 pub(crate) fn from_small(x: u64, bits: u32) -> (u128, u16) {
     let (ebits, fbits) = if bits == 32 { (8, 23) } else { (11, 52) };
     let sign = u128::from((x >> (bits - 1)) & 1) << 79;
@@ -199,12 +204,12 @@ pub(crate) fn from_small(x: u64, bits: u32) -> (u128, u16) {
     let f = x & ((1u64 << fbits) - 1);
     if e == emax {
         let sig = (1u64 << 63) | (f << (63 - fbits));
-        let mut fl = 0;
-        let mut v = sign | (0x7fffu128 << 64) | u128::from(sig);
-        if f != 0 && f >> (fbits - 1) == 0 {
-            fl = sw::IE;
-            v = quiet80(v);
-        }
+        let v = sign | (0x7fffu128 << 64) | u128::from(sig);
+        let fl = if f != 0 && f >> (fbits - 1) == 0 {
+            sw::IE
+        } else {
+            0
+        };
         return (v, fl);
     }
     let bias = (1i64 << (ebits - 1)) - 1;
@@ -267,6 +272,18 @@ pub(crate) fn to_small(v: u128, bits: u32, rm: Round) -> (u64, u16) {
     if fl & sw::PE != 0 && mag > conv(Round::TowardZero).2 {
         fl |= sw::C1;
     }
+    if fl & (sw::PE | sw::OE) == sw::PE && mag.is_finite() {
+        // apfloat reports an overflow that a directed rounding turns into the largest finite
+        // value as merely inexact: it was one if rounding away from zero gives infinity.
+        let away = if v & (1 << 79) != 0 {
+            Round::TowardNegative
+        } else {
+            Round::TowardPositive
+        };
+        if conv(away).2.is_infinite() {
+            fl |= sw::OE;
+        }
+    }
     (r, fl)
 }
 
@@ -274,7 +291,9 @@ fn fld(cpu: &mut Cpu, ins: &Instruction) -> R {
     check(cpu)?;
     let (v, fl) = if ins.op0_kind() == OpKind::Memory {
         let raw = read_mem80(cpu, ins)?;
-        mem_to_f80(ins, raw)
+        let (v, fl) = mem_to_f80(ins, raw);
+        let v = if fl & sw::IE != 0 { quiet80(v) } else { v };
+        (v, fl)
     } else {
         match get(cpu, st_index(ins.op0_register())) {
             Some(v) => (v, 0),

@@ -35,8 +35,15 @@ enum Op {
     Div,
 }
 
+/// Whether FCW.PC asks for a single or double precision significand.
+fn reduced_pc(cpu: &Cpu) -> bool {
+    matches!((cpu.fpu.fcw >> 8) & 3, 0 | 2)
+}
+
 /// Rounds an extended result to FCW.PC (24 or 53 significand bits) when PC is not 64.
-fn precision(cpu: &Cpu, v: u128, rm: Round, fl: &mut u16) -> u128 {
+/// `sticky`: `v` is a truncated result and nonzero bits were lost below it (so that rounding
+/// the exact result once, not twice, gives the answer).
+fn precision(cpu: &Cpu, v: u128, rm: Round, fl: &mut u16, sticky: bool) -> u128 {
     let keep = match (cpu.fpu.fcw >> 8) & 3 {
         0 => 24,
         2 => 53,
@@ -49,15 +56,19 @@ fn precision(cpu: &Cpu, v: u128, rm: Round, fl: &mut u16) -> u128 {
     let sig = v as u64;
     let drop = 64 - keep;
     let rem = sig & ((1u64 << drop) - 1);
-    if rem == 0 {
+    if rem == 0 && !sticky {
         return v;
     }
     *fl |= sw::PE;
+    if e == 0 {
+        // A tiny result that loses bits: masked underflow.
+        *fl |= sw::UE;
+    }
     let neg = v & SIGN != 0;
     let half = 1u64 << (drop - 1);
     let mut t = sig >> drop;
     let inc = match rm {
-        Round::NearestTiesToEven => rem > half || (rem == half && t & 1 == 1),
+        Round::NearestTiesToEven => rem > half || (rem == half && (sticky || t & 1 == 1)),
         Round::TowardPositive => !neg,
         Round::TowardNegative => neg,
         _ => false,
@@ -68,6 +79,9 @@ fn precision(cpu: &Cpu, v: u128, rm: Round, fl: &mut u16) -> u128 {
         if t >> keep != 0 {
             t >>= 1;
             exp += 1;
+        } else if e == 0 && (t << drop) >> 63 != 0 {
+            // A denormal rounded up to the smallest normal.
+            exp = 1;
         }
     }
     (v & SIGN) | (exp << 64) | u128::from(t << drop)
@@ -128,18 +142,42 @@ fn compute(cpu: &Cpu, op: Op, a: u128, b: u128) -> (u128, u16) {
         Op::Div => x.div_r(y, rm),
     };
     let r = go(rm);
-    let f = status_fsw(r.status);
+    let mut f = status_fsw(r.status);
     if f & sw::IE != 0 {
         return (F80_INDEFINITE, fl | sw::IE);
     }
+    if f & sw::ZE != 0 {
+        // Divide-by-zero has priority over the denormal-operand exception.
+        fl &= !sw::DE;
+    }
+    if f & sw::PE != 0 && f & sw::OE == 0 && r.value.is_finite() {
+        // apfloat reports an overflow that a directed rounding turns into the largest finite
+        // value as merely inexact: it was one if rounding away from zero gives infinity.
+        let away = if r.value.is_negative() {
+            Round::TowardNegative
+        } else {
+            Round::TowardPositive
+        };
+        if go(away).value.is_infinite() {
+            f |= sw::OE;
+        }
+    }
     fl |= f;
-    let mut v = precision(cpu, r.value.to_bits(), rm, &mut fl);
+    let tz = go(Round::TowardZero);
+    let mut v = if reduced_pc(cpu) && f & sw::OE == 0 && !tz.value.is_zero() {
+        // Round the exact result once to PC: the truncated extended result plus a sticky bit.
+        let sticky = tz.status.contains(rustc_apfloat::Status::INEXACT);
+        precision(cpu, tz.value.to_bits(), rm, &mut fl, sticky)
+    } else {
+        precision(cpu, r.value.to_bits(), rm, &mut fl, false)
+    };
     if fl & sw::PE != 0 {
         let t = X::from_bits(precision(
             cpu,
-            go(Round::TowardZero).value.to_bits(),
+            tz.value.to_bits(),
             Round::TowardZero,
             &mut 0,
+            false,
         ));
         if X::from_bits(v).abs() > t.abs() {
             fl |= sw::C1;
@@ -182,6 +220,8 @@ fn binary(cpu: &mut Cpu, ins: &Instruction) -> R {
             let mfl = if special(a) || special(b) { 0 } else { mfl };
             let (a, b) = if rev { (b, a) } else { (a, b) };
             let (r, fl) = compute(cpu, op, a, b);
+            // Divide-by-zero has priority over the denormal-operand exception.
+            let mfl = if fl & sw::ZE != 0 { 0 } else { mfl };
             (r, fl | mfl)
         }
         _ => {
@@ -441,7 +481,8 @@ fn unary(cpu: &mut Cpu, ins: &Instruction) -> R {
         }
         quiet80(v)
     } else {
-        if is_denormal80(v) {
+        // Invalid (square root of a negative) has priority over the denormal exception.
+        if is_denormal80(v) && !(m == Mnemonic::Fsqrt && neg && !zero) {
             fl |= sw::DE;
         }
         match m {
@@ -456,12 +497,12 @@ fn unary(cpu: &mut Cpu, ins: &Instruction) -> R {
                     if inexact {
                         fl |= sw::PE;
                     }
-                    let r = precision(cpu, r, rm, &mut fl);
+                    let r = precision(cpu, r, rm, &mut fl, false);
                     // C1 = rounded up (the result is positive).
                     let t = sqrt80(v, Round::TowardZero).0;
                     if fl & sw::PE != 0
                         && X::from_bits(r)
-                            > X::from_bits(precision(cpu, t, Round::TowardZero, &mut 0))
+                            > X::from_bits(precision(cpu, t, Round::TowardZero, &mut 0, false))
                     {
                         fl |= sw::C1;
                     }

@@ -46,6 +46,9 @@ fn fscale(cpu: &mut Cpu, ins: &Instruction) -> R {
     } else {
         let x = X::from_bits(a);
         let y = X::from_bits(b);
+        if is_denormal80(a) || is_denormal80(b) {
+            fl |= sw::DE;
+        }
         if y.is_infinite() {
             // +inf scales to infinity (0 * inf invalid), -inf to zero (inf * 0 invalid).
             let bad = if y.is_negative() {
@@ -63,22 +66,82 @@ fn fscale(cpu: &mut Cpu, ins: &Instruction) -> R {
             } else {
                 (a & SIGN) | (0x7fffu128 << 64) | (1u128 << 63)
             }
+        } else if x.is_zero() || x.is_infinite() {
+            a
         } else {
             let mut ex = true;
             let n = y.to_i128_r(32, Round::TowardZero, &mut ex).value;
-            let n = n.clamp(-100_000, 100_000) as i32;
-            let r = x.scalbn_r(n as _, rc(cpu));
-            let bits = r.to_bits();
-            if r.is_infinite() && !x.is_infinite() {
-                fl |= sw::OE | sw::PE;
-            }
-            bits
+            let n = n.clamp(-100_000, 100_000) as i64;
+            let (r, f) = scale80(a, n, rc(cpu));
+            fl |= f;
+            r
         }
     };
     if signal(cpu, fl) {
         cpu.fpu.set_st(0, r);
     }
     Ok(())
+}
+
+/// A finite nonzero 80-bit value times 2^n, rounded by `rm` (no precision control); the FSW
+/// flags (OE, UE, PE, C1 = rounded up).
+fn scale80(v: u128, n: i64, rm: Round) -> (u128, u16) {
+    let sign = v & SIGN;
+    let neg = sign != 0;
+    let mut sig = v as u64;
+    let mut e = i64::from((v >> 64) as u16 & 0x7fff);
+    if e == 0 {
+        let lz = sig.leading_zeros();
+        sig <<= lz;
+        e = 1 - i64::from(lz);
+    }
+    let ne = e + n;
+    // Whether rounding moves away from zero, given the discarded bits.
+    let up = |half: bool, more: bool, odd: bool| match rm {
+        Round::NearestTiesToEven => half && (more || odd),
+        Round::TowardPositive => !neg && (half || more),
+        Round::TowardNegative => neg && (half || more),
+        _ => false,
+    };
+    if ne >= 0x7fff {
+        let fl = sw::OE | sw::PE;
+        return if up(true, true, true) {
+            (sign | (0x7fffu128 << 64) | (1u128 << 63), fl | sw::C1)
+        } else {
+            (sign | (0x7ffeu128 << 64) | u128::from(u64::MAX), fl)
+        };
+    }
+    if ne >= 1 {
+        return (sign | ((ne as u128) << 64) | u128::from(sig), 0);
+    }
+    // Denormal result: shift right by 1 - ne.
+    let shift = (1 - ne) as u32;
+    let full = u128::from(sig) << 64;
+    let (shifted, sticky) = if shift >= 128 {
+        (0, full != 0)
+    } else {
+        (full >> shift, full & ((1u128 << shift) - 1) != 0)
+    };
+    let kept = (shifted >> 64) as u64;
+    let rem = shifted as u64;
+    let half = rem >> 63 != 0;
+    let more = rem << 1 != 0 || sticky;
+    if !half && !more {
+        return (sign | u128::from(kept), 0);
+    }
+    let mut fl = sw::UE | sw::PE;
+    let mut r = sign | u128::from(kept);
+    if up(half, more, kept & 1 != 0) {
+        fl |= sw::C1;
+        let k = kept + 1; // kept < 2^63: no overflow
+        r = sign
+            | if k >> 63 != 0 {
+                (1u128 << 64) | u128::from(k)
+            } else {
+                u128::from(k)
+            };
+    }
+    (r, fl)
 }
 
 /// FXTRACT: ST(0) = exponent, then push the significand (in [1, 2)).
@@ -89,9 +152,20 @@ fn fxtract(cpu: &mut Cpu, ins: &Instruction) -> R {
         if underflow(cpu) {
             cpu.fpu.set_st(0, F80_INDEFINITE);
             push(cpu, F80_INDEFINITE);
+            // Underflow wins over an overflow of the push: C1 = 0.
+            cpu.fpu.fsw &= !sw::C1;
         }
         return Ok(());
     };
+    if !cpu.fpu.is_empty(7) {
+        // Stack overflow: the masked response replaces both results with the indefinite.
+        cpu.fpu.fsw |= sw::C1;
+        if signal(cpu, sw::IE | sw::SF) {
+            cpu.fpu.set_st(0, F80_INDEFINITE);
+            cpu.fpu.push(F80_INDEFINITE);
+        }
+        return Ok(());
+    }
     let mut fl = 0;
     let e = (v >> 64) as u16 & 0x7fff;
     let (exp, sig) = if is_nan80(v) || is_unsupported(v) {
@@ -130,6 +204,16 @@ fn fxtract(cpu: &mut Cpu, ins: &Instruction) -> R {
     Ok(())
 }
 
+/// A pseudo-denormal (exponent 0, integer bit set) in its normal form (exponent 1), as the
+/// hardware writes it back.
+fn canon(v: u128) -> u128 {
+    if (v >> 64) as u16 & 0x7fff == 0 && (v as u64) >> 63 != 0 {
+        v | (1u128 << 64)
+    } else {
+        v
+    }
+}
+
 /// FPREM (truncating quotient) and FPREM1 (IEEE, nearest): the exact partial remainder of
 /// ST(0) / ST(1); C2 set while incomplete, else C0, C3, C1 = quotient bits 2, 1, 0.
 fn fprem(cpu: &mut Cpu, ins: &Instruction) -> R {
@@ -157,7 +241,10 @@ fn fprem(cpu: &mut Cpu, ins: &Instruction) -> R {
         fl |= sw::IE;
         F80_INDEFINITE
     } else if x.is_zero() || y.is_infinite() {
-        a
+        if is_denormal80(a) || is_denormal80(b) {
+            fl |= sw::DE;
+        }
+        canon(a)
     } else {
         if is_denormal80(a) || is_denormal80(b) {
             fl |= sw::DE;
@@ -184,7 +271,7 @@ fn fprem(cpu: &mut Cpu, ins: &Instruction) -> R {
                 cpu.fpu.fsw |= sw::C1;
                 r.value.to_bits()
             } else {
-                a
+                canon(a)
             }
         } else {
             let complete = d < 64;
@@ -298,6 +385,8 @@ fn fptan(cpu: &mut Cpu, ins: &Instruction) -> R {
         if underflow(cpu) {
             cpu.fpu.set_st(0, F80_INDEFINITE);
             push(cpu, F80_INDEFINITE);
+            // Underflow wins over an overflow of the push: C1 = 0.
+            cpu.fpu.fsw &= !sw::C1;
         }
         return Ok(());
     };

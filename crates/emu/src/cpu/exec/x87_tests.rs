@@ -320,14 +320,14 @@ fn fprem_quotient_bits() {
                 } else {
                     c.fprem()?;
                 }
+                // FSTP rewrites C1 (rounding direction): save FSW first.
+                c.fnstsw(word_ptr(DATA + 0x18))?;
                 c.fstp(qword_ptr(DATA + 0x10))
             },
             |m| load_f64s(m, &[a, b]),
         );
-        (
-            f64_at(&m, 0x10),
-            m.cpu.fpu.fsw & (sw::C0 | sw::C1 | sw::C2 | sw::C3),
-        )
+        let fsw = m.read_u64(DATA + 0x18) as u16;
+        (f64_at(&m, 0x10), fsw & (sw::C0 | sw::C1 | sw::C2 | sw::C3))
     };
     assert_eq!(rem(10.0, 3.0, false), (1.0, sw::C3 | sw::C1)); // q = 3
     assert_eq!(rem(11.0, 3.0, false), (2.0, sw::C3 | sw::C1));
