@@ -297,6 +297,12 @@ pub fn run_vireo<S: AsRef<str>>(args: &[S], timeout: Duration) -> Run {
     }
 }
 
+/// Whether this machine's /dev/kvm is kvm_pvm, the nested software hypervisor that runs no
+/// 64-bit guest code (the same fact Vireo's KVM backend reports as "no long mode").
+pub fn kvm_is_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
 /// A `vireo run --accel` backend the payload tests run under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Accel {
