@@ -128,6 +128,7 @@ impl Vm for EmuVm {
             }),
             buf: [0; 8],
             awaiting_read: false,
+            thread_registered: false,
             next_poll: 0,
             profile: std::env::var_os("VIREO_EMU_PROFILE").map(|p| Profile {
                 path: p.into(),
@@ -169,6 +170,9 @@ pub struct EmuVcpu {
     buf: [u8; 8],
     /// The last exit was a read: `buf` holds the VMM's answer.
     awaiting_read: bool,
+    /// The waker knows this vCPU's thread (the first `run` registers it: every `run` happens
+    /// on that thread).
+    thread_registered: bool,
     /// Instruction count at which the timers are next polled. Kept across `run` calls:
     /// a guest busy with port I/O (a serial console) exits long before any budget runs out.
     next_poll: u64,
@@ -375,7 +379,10 @@ impl Vcpu for EmuVcpu {
     }
 
     fn run(&mut self) -> Result<VcpuExit<'_>> {
-        self.waker.set_thread(std::thread::current());
+        if !self.thread_registered {
+            self.waker.set_thread(std::thread::current());
+            self.thread_registered = true;
+        }
         if std::mem::take(&mut self.awaiting_read) {
             let buf = self.buf;
             self.cpu.io.complete_read(&buf);

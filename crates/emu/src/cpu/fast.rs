@@ -8,6 +8,7 @@
 //! keeps its general handler in `exec/`, which stays the reference for their semantics.
 
 use super::flags::cc_number;
+use super::seg::canonical;
 use super::{Cpu, Seg, R};
 use iced_x86::{Code, FlowControl, Instruction, Mnemonic, OpKind, Register};
 
@@ -207,10 +208,6 @@ fn is_cmov(m: Mnemonic) -> bool {
             | Mnemonic::Cmovle
             | Mnemonic::Cmovg
     )
-}
-
-fn canonical(v: u64) -> bool {
-    ((v as i64) << 16 >> 16) as u64 == v
 }
 
 /// A 64-bit-register memory operand in DS or SS (no base in 64-bit mode), if it is one.

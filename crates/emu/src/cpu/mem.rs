@@ -247,7 +247,7 @@ impl Cpu {
             } else {
                 off
             };
-            if ((lin as i64) << 16 >> 16) as u64 != lin {
+            if !super::seg::canonical(lin) {
                 return Err(if seg == Seg::Ss {
                     Exception::ss(0)
                 } else {

@@ -116,7 +116,7 @@ impl Cpu {
 
     /// The address size of a memory operand, in bytes.
     #[inline]
-    fn addr_size(&self, ins: &Instruction) -> usize {
+    pub(crate) fn addr_size(&self, ins: &Instruction) -> usize {
         let b = ins.memory_base();
         let i = ins.memory_index();
         let wide = |r: Register| r.is_gpr64() || r == Register::RIP;

@@ -31,7 +31,7 @@ mod tests2;
 mod tests3;
 
 use crate::cpu::{Cpu, Handler};
-use iced_x86::{ConditionCode, Instruction, OpKind, Register};
+use iced_x86::{ConditionCode, Instruction, OpKind};
 
 pub fn resolve(ins: &Instruction) -> Option<Handler> {
     arith::resolve(ins)
@@ -86,29 +86,8 @@ macro_rules! cc_table {
 }
 use cc_table;
 
-/// The address-size mask of the instruction's memory operand (the same rule as `Cpu::ea`),
-/// for instructions that address memory beyond the operand (BT with a register offset).
+/// The address-size mask of the instruction's memory operand, for instructions that address
+/// memory beyond the operand (BT with a register offset).
 fn addr_mask(cpu: &Cpu, ins: &Instruction) -> u64 {
-    let b = ins.memory_base();
-    let i = ins.memory_index();
-    let wide = |r: Register| r.is_gpr64() || r == Register::RIP;
-    let mid = |r: Register| r.is_gpr32() || r == Register::EIP;
-    if wide(b) || wide(i) {
-        u64::MAX
-    } else if mid(b) || mid(i) {
-        0xffff_ffff
-    } else if b.is_gpr16() || i.is_gpr16() {
-        0xffff
-    } else {
-        match ins.memory_displ_size() {
-            2 => 0xffff,
-            4 => 0xffff_ffff,
-            8 => u64::MAX,
-            _ => match cpu.code_bits {
-                64 => u64::MAX,
-                32 => 0xffff_ffff,
-                _ => 0xffff,
-            },
-        }
-    }
+    crate::cpu::operand::size_mask(cpu.addr_size(ins))
 }

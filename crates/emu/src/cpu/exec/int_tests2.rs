@@ -4,6 +4,7 @@
 
 #![cfg(target_arch = "x86_64")]
 
+use crate::cpu::exec::native_fn::NativeFn;
 use crate::cpu::flags::{AF, ARITH, CF, OF, ZF};
 use crate::cpu::run::Stop;
 use crate::testutil::{TestMachine, CODE, STACK};
@@ -25,10 +26,7 @@ const REGS: [AsmRegister64; 16] = [
 
 /// A native function `extern "sysv64" fn(*mut State)` that loads the state, runs the
 /// instruction and stores the state back.
-struct Native {
-    mem: *mut libc::c_void,
-    len: usize,
-}
+struct Native(NativeFn<State>);
 
 impl Native {
     fn new(ins: Asm) -> Native {
@@ -61,47 +59,14 @@ impl Native {
             a.pop(r).unwrap();
         }
         a.ret().unwrap();
-        let code = a.assemble(0).unwrap();
-        let len = 4096;
-        assert!(code.len() <= len);
-        // SAFETY: a fresh private anonymous mapping; we check for failure, copy the code into
-        // it while it is writable, then make it read+execute only.
-        unsafe {
-            let mem = libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            assert_ne!(mem, libc::MAP_FAILED);
-            std::ptr::copy_nonoverlapping(code.as_ptr(), mem as *mut u8, code.len());
-            assert_eq!(
-                libc::mprotect(mem, len, libc::PROT_READ | libc::PROT_EXEC),
-                0
-            );
-            Native { mem, len }
-        }
+        Native(NativeFn::new(&a.assemble(0).unwrap()))
     }
 
     fn run(&self, s: &mut State) {
-        // SAFETY: `mem` holds the function assembled in `new`: it saves and restores every
+        // SAFETY: the function assembled in `new` saves and restores every
         // callee-saved register and RSP, and only touches the State it is given. The tested
         // instructions are register-only and cannot fault for the inputs used.
-        unsafe {
-            let f: extern "sysv64" fn(*mut State) = std::mem::transmute(self.mem);
-            f(s);
-        }
-    }
-}
-
-impl Drop for Native {
-    fn drop(&mut self) {
-        // SAFETY: unmaps the mapping created in `new`.
-        unsafe {
-            libc::munmap(self.mem, self.len);
-        }
+        unsafe { self.0.call(s) }
     }
 }
 

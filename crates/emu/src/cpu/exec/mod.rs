@@ -3,6 +3,8 @@
 
 pub mod control;
 pub mod int;
+#[cfg(test)]
+mod native_fn;
 pub mod sse;
 pub mod string;
 pub mod system;

@@ -10,6 +10,7 @@
 
 #![cfg(target_arch = "x86_64")]
 
+use crate::cpu::exec::native_fn::NativeFn;
 use crate::cpu::run::Stop;
 use crate::testutil::{TestMachine, CODE, DATA};
 use iced_x86::code_asm::*;
@@ -41,10 +42,7 @@ const REGS: [AsmRegister64; 16] = [
 /// A native function `extern "sysv64" fn(*mut State)`: saves the host FPU state, loads the
 /// test state (FXRSTOR, registers, flags; R15 = the memory buffer), runs the instruction,
 /// stores the state back and restores the host FPU state.
-struct Native {
-    mem: *mut libc::c_void,
-    len: usize,
-}
+struct Native(NativeFn<State>);
 
 impl Native {
     fn new(ins: &[u8]) -> Native {
@@ -84,48 +82,15 @@ impl Native {
             a.pop(r).unwrap();
         }
         a.ret().unwrap();
-        let code = a.assemble(0).unwrap();
-        let len = 4096;
-        assert!(code.len() <= len);
-        // SAFETY: a fresh private anonymous mapping; we check for failure, copy the code into
-        // it while it is writable, then make it read+execute only.
-        unsafe {
-            let mem = libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            assert_ne!(mem, libc::MAP_FAILED);
-            std::ptr::copy_nonoverlapping(code.as_ptr(), mem as *mut u8, code.len());
-            assert_eq!(
-                libc::mprotect(mem, len, libc::PROT_READ | libc::PROT_EXEC),
-                0
-            );
-            Native { mem, len }
-        }
+        Native(NativeFn::new(&a.assemble(0).unwrap()))
     }
 
     fn run(&self, s: &mut State) {
-        // SAFETY: `mem` holds the function assembled in `new`: it saves and restores every
+        // SAFETY: the function assembled in `new` saves and restores every
         // callee-saved register, RSP and the host's x87/SSE state, and only touches the
         // (16-byte aligned) State it is given. The tested instruction only uses registers
         // and the State's memory buffer, with every FP exception masked, so it cannot fault.
-        unsafe {
-            let f: extern "sysv64" fn(*mut State) = std::mem::transmute(self.mem);
-            f(s);
-        }
-    }
-}
-
-impl Drop for Native {
-    fn drop(&mut self) {
-        // SAFETY: unmaps the mapping created in `new`.
-        unsafe {
-            libc::munmap(self.mem, self.len);
-        }
+        unsafe { self.0.call(s) }
     }
 }
 
