@@ -36,6 +36,7 @@ impl EmuHypervisor {
                 long_mode_note: None,
                 // SMP in the emulator comes later.
                 max_vcpus: 1,
+                emulated: true,
             },
         }
     }

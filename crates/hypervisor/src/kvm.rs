@@ -55,6 +55,7 @@ impl KvmHypervisor {
             long_mode: pvm.is_none(),
             long_mode_note: pvm,
             max_vcpus: kvm.get_max_vcpus().min(254),
+            emulated: false,
         };
         Ok(Self { kvm, caps })
     }

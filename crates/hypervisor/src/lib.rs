@@ -72,6 +72,9 @@ pub struct Capabilities {
     pub long_mode_note: Option<String>,
     /// The most vCPUs one VM may have.
     pub max_vcpus: usize,
+    /// Guest code runs in software emulation: work the VMM can do natively instead of the
+    /// guest (unpacking a compressed kernel) is worth doing.
+    pub emulated: bool,
 }
 
 /// One virtual machine of a backend: its guest memory map, interrupt controllers and vCPUs.

@@ -164,7 +164,7 @@ pub fn run_vm(cfg: VmConfig) -> Result<VmOutcome, VmError> {
     let mem = memory::create(cfg.memory)?;
     let mut files = load::open_guest(&cfg)?;
     let hv = pick_backend(cfg.accel, files.format().needs_long_mode(), cfg.cpus)?;
-    if hv.name() == "emu" {
+    if hv.capabilities().emulated {
         files.unpack_bzimage_for_pvh(&cfg.kernel);
     }
     let guest = load::load_guest(&cfg, &mem, files)?;
