@@ -14,6 +14,7 @@ const STEPS: usize = 5;
 
 pub(crate) fn run(opts: &BuildOptions) -> Result<GuestImage, ImageError> {
     let started = Instant::now();
+    let _lock = lock_cache(&opts.cache_dir)?;
     let debs = opts.cache_dir.join("debs");
     let extract_root = opts.cache_dir.join("extract");
     let mut progress = Progress::new(STEPS);
@@ -109,6 +110,29 @@ pub(crate) fn run(opts: &BuildOptions) -> Result<GuestImage, ImageError> {
         kernel_version,
         modules_dir,
     })
+}
+
+/// Takes the cache's exclusive lock (released when the returned file drops), so builds that
+/// share a cache, concurrent `vireo image build`s or test threads, never download into or
+/// unpack over each other: the later one waits, then finds everything cached.
+fn lock_cache(cache: &Path) -> Result<fs::File, ImageError> {
+    fs::create_dir_all(cache).map_err(ImageError::io("creating", cache))?;
+    let path = cache.join(".lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(ImageError::io("opening", &path))?;
+    match file.try_lock() {
+        Ok(()) => return Ok(file),
+        Err(fs::TryLockError::WouldBlock) => {
+            eprintln!("waiting for another image build using {}", cache.display());
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(ImageError::io("locking", &path)(e)),
+    }
+    file.lock().map_err(ImageError::io("locking", &path))?;
+    Ok(file)
 }
 
 /// Makes sure the .deb for `name` is cached, with a progress step either way.
