@@ -83,3 +83,11 @@ pub trait IrqLine: Send + Sync {
         self.set_level(false);
     }
 }
+
+/// Delivers a message-signalled interrupt (MSI or MSI-X): the write of `data` to `addr` that a
+/// PCI function makes, decoded by the interrupt controller into a vector and destination.
+///
+/// Like [`IrqLine`], the VMM implements it per backend (KVM_SIGNAL_MSI, the emulator's LAPIC).
+pub trait MsiSink: Send + Sync {
+    fn signal_msi(&self, addr: u64, data: u32);
+}

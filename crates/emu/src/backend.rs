@@ -2,13 +2,14 @@
 //! exactly as they drive KVM.
 
 use crate::cpu::run::Stop;
-use crate::cpu::{io::IoKind, Cpu};
+use crate::cpu::{dma::DeviceWrites, io::IoKind, Cpu};
 use crate::irq::{ChipPlatform, Clock, IrqChip, Waker};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vireo_hypervisor::{
-    Capabilities, CpuidEntry, Error, Hypervisor, Kick, Regs, Result, Sregs, Vcpu, VcpuExit, Vm,
+    Capabilities, CpuidEntry, Error, GuestWrites, Hypervisor, Kick, Regs, Result, Sregs, Vcpu,
+    VcpuExit, Vm,
 };
 
 /// Instructions between two looks at the timers and the VMM. About 100-300 µs of guest time:
@@ -56,6 +57,7 @@ impl Hypervisor for EmuHypervisor {
         let waker = Arc::new(Waker::new());
         Ok(Box::new(EmuVm {
             regions: Mutex::new(Vec::new()),
+            device_writes: Default::default(),
             chip: Arc::new(Mutex::new(IrqChip::new(clock.clone(), waker.clone()))),
             clock,
             waker,
@@ -72,6 +74,7 @@ struct RamRegion {
 
 pub struct EmuVm {
     regions: Mutex<Vec<RamRegion>>,
+    device_writes: Arc<DeviceWrites>,
     chip: Arc<Mutex<IrqChip>>,
     clock: Clock,
     waker: Arc<Waker>,
@@ -110,6 +113,7 @@ impl Vm for EmuVm {
         }
         let platform = ChipPlatform::new(self.chip.clone(), self.clock.clone());
         let mut cpu = Cpu::new(Box::new(platform));
+        cpu.device_writes = self.device_writes.clone();
         for r in self
             .regions
             .lock()
@@ -144,8 +148,17 @@ impl Vm for EmuVm {
         Ok(())
     }
 
+    fn signal_msi(&self, addr: u64, data: u32) -> Result<()> {
+        self.chip().msi(addr, data);
+        Ok(())
+    }
+
     fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>> {
         Ok(crate::cpu::cpuid::supported())
+    }
+
+    fn guest_writes(&self) -> Option<Arc<dyn GuestWrites>> {
+        Some(self.device_writes.clone())
     }
 }
 

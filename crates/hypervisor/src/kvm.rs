@@ -182,6 +182,19 @@ impl Vm for KvmVm {
             .map_err(ioctl_err("KVM_IRQ_LINE"))
     }
 
+    fn signal_msi(&self, addr: u64, data: u32) -> Result<()> {
+        let msi = kvm_bindings::kvm_msi {
+            address_lo: addr as u32,
+            address_hi: (addr >> 32) as u32,
+            data,
+            ..Default::default()
+        };
+        self.vm
+            .signal_msi(msi)
+            .map(|_| ())
+            .map_err(ioctl_err("KVM_SIGNAL_MSI"))
+    }
+
     fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>> {
         Ok(self
             .supported

@@ -97,8 +97,24 @@ pub trait Vm: Send + Sync {
     /// Drives an interrupt line (GSI) of the VM's IOAPIC.
     fn set_irq_level(&self, gsi: u32, high: bool) -> Result<()>;
 
+    /// Delivers a message-signalled interrupt (a PCI function's MSI/MSI-X write of `data` to
+    /// `addr`) to the local APICs it addresses.
+    fn signal_msi(&self, addr: u64, data: u32) -> Result<()>;
+
     /// The CPUID leaves this backend can present to a guest, before the VMM's policy.
     fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>>;
+
+    /// Where devices must report their writes into guest memory, for a backend that caches
+    /// something derived from guest RAM that such writes invalidate (an emulator's decoded
+    /// instructions). Hardware keeps its caches coherent itself: `None`.
+    fn guest_writes(&self) -> Option<std::sync::Arc<dyn GuestWrites>> {
+        None
+    }
+}
+
+/// Told about a device's write into guest-physical memory (see [`Vm::guest_writes`]).
+pub trait GuestWrites: Send + Sync {
+    fn written(&self, gpa: u64, len: u64);
 }
 
 /// Interrupts a vCPU's `run` from another thread, for backends that a signal cannot reach

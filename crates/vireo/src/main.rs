@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vireo_vmm::config::parse_size;
-use vireo_vmm::{Accel, ConsoleConfig, VmConfig, VmOutcome};
+use vireo_vmm::{Accel, ConsoleConfig, DiskConfig, VmConfig, VmOutcome};
 
 #[derive(Parser)]
 #[command(
@@ -63,6 +63,13 @@ struct RunArgs {
     /// Serve the management API on this Unix socket.
     #[arg(long)]
     api_socket: Option<PathBuf>,
+    /// A virtio-blk disk (repeatable; the guest sees vda, vdb, ... in order):
+    /// `path=FILE[,format=raw][,readonly=on][,cache=none|writeback][,iops=N][,bps=N]`.
+    #[arg(long, value_parser = DiskConfig::parse)]
+    disk: Vec<DiskConfig>,
+    /// A virtio-rng device, fed from the host's getrandom.
+    #[arg(long)]
+    rng: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -153,6 +160,8 @@ fn run(args: RunArgs) -> Result<VmOutcome, String> {
         },
         console: args.console,
         api_socket: args.api_socket,
+        disks: args.disk,
+        rng: args.rng,
     };
     vireo_vmm::run_vm(cfg).map_err(|e| e.to_string())
 }

@@ -6,56 +6,9 @@
 
 mod common;
 
-use common::guest::{extract_vmlinux, image, Console, KillOnDrop};
-use common::vireo_bin;
-use std::path::{Path, PathBuf};
+use common::guest::{boot, extract_vmlinux, image, scratch, wait_exit};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// Boot to the shell; generous because CI machines are slow and debug builds slower.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("emu-linux-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Starts `vireo run --accel emu` on the image and waits for the guest's shell.
-fn boot(img: &vireo_image::GuestImage) -> (Console, KillOnDrop) {
-    let started = Instant::now();
-    let mut child = Command::new(vireo_bin())
-        .args(["run", "--accel", "emu", "--memory", "512M", "--kernel"])
-        .arg(&img.kernel)
-        .arg("--initrd")
-        .arg(&img.initrd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start vireo");
-    let mut con = Console::attach(&mut child);
-    let guard = KillOnDrop(child);
-    con.expect("vireo guest ready", BOOT_TIMEOUT);
-    eprintln!("guest ready after {:?}", started.elapsed());
-    (con, guard)
-}
-
-/// Waits for `vireo run` to end on its own and returns its exit status code.
-fn wait_exit(guard: &mut KillOnDrop, timeout: Duration) -> Option<i32> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = guard.0.try_wait().unwrap() {
-            return status.code();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "vireo run did not end within {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 fn host_sha256(data: &[u8]) -> String {
     use std::io::Write;
@@ -75,8 +28,8 @@ fn host_sha256(data: &[u8]) -> String {
 
 #[test]
 fn linux_boots_under_the_emulator_computes_and_powers_off() {
-    let img = image(&scratch("poweroff").join("image"));
-    let (mut con, mut guard) = boot(&img);
+    let img = image(&scratch("emu-linux", "poweroff").join("image"));
+    let (mut con, mut guard) = boot(&img, "emu", &[]);
 
     assert_eq!(con.run("uname -m"), "x86_64");
     assert_eq!(con.run("nproc"), "1");
@@ -121,8 +74,8 @@ fn linux_boots_under_the_emulator_computes_and_powers_off() {
 
 #[test]
 fn guest_reboot_ends_vireo_run() {
-    let img = image(&scratch("reboot").join("image"));
-    let (mut con, mut guard) = boot(&img);
+    let img = image(&scratch("emu-linux", "reboot").join("image"));
+    let (mut con, mut guard) = boot(&img, "emu", &[]);
     con.send("reboot");
     assert_eq!(wait_exit(&mut guard, Duration::from_secs(120)), Some(0));
 }
@@ -132,7 +85,7 @@ fn guest_reboot_ends_vireo_run() {
 /// tool makes of it, and an ELF with a PVH entry.
 #[test]
 fn native_bzimage_unpack_matches_lz4() {
-    let img = image(&scratch("unpack").join("image"));
+    let img = image(&scratch("emu-linux", "unpack").join("image"));
     let bz = std::fs::read(&img.kernel).unwrap();
     let u = vireo_arch::bzimage::extract_pvh_vmlinux(&bz).expect("unpack the Debian bzImage");
     assert!(matches!(

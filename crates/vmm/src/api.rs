@@ -6,6 +6,7 @@
 //! | GET      | /api/v1/vmm.ping      | `{"version": ...}`                           |
 //! | GET      | /api/v1/vm.info       | state, accelerator, configuration, vCPUs     |
 //! | GET      | /api/v1/vm.counters   | per-vCPU exit counters                       |
+//! | GET      | /api/v1/vm.devices    | virtio devices with their PCI slot, counters |
 //! | PUT/POST | /api/v1/vm.pause      | Running → Paused                             |
 //! | PUT/POST | /api/v1/vm.resume     | Paused → Running                             |
 //! | PUT/POST | /api/v1/vm.shutdown   | graceful: presses the ACPI power button      |
@@ -117,6 +118,7 @@ fn route(method: &str, path: &str, vm: &VmShared) -> Reply {
         "vmm.ping" if is_get => ok(json!({ "version": env!("CARGO_PKG_VERSION") })),
         "vm.info" if is_get => ok(info(vm)),
         "vm.counters" if is_get => ok(counters(vm)),
+        "vm.devices" if is_get => ok(devices(vm)),
         "vm.pause" if is_put => verb(vm, Verb::Pause),
         "vm.resume" if is_put => verb(vm, Verb::Resume),
         "vm.stop" if is_put => verb(vm, Verb::Stop),
@@ -137,8 +139,8 @@ fn route(method: &str, path: &str, vm: &VmShared) -> Reply {
                 body: None,
             }
         }
-        "vmm.ping" | "vm.info" | "vm.counters" | "vm.pause" | "vm.resume" | "vm.stop"
-        | "vm.shutdown" => err(405, format!("{method} is not allowed on {path}")),
+        "vmm.ping" | "vm.info" | "vm.counters" | "vm.devices" | "vm.pause" | "vm.resume"
+        | "vm.stop" | "vm.shutdown" => err(405, format!("{method} is not allowed on {path}")),
         _ => err(404, format!("no such endpoint: {path}")),
     }
 }
@@ -161,6 +163,24 @@ fn counters(vm: &VmShared) -> Value {
         .map(|(i, c)| (format!("vcpu{i}"), json!(c.snapshot())))
         .collect();
     Value::Object(per_vcpu)
+}
+
+fn devices(vm: &VmShared) -> Value {
+    vm.devices
+        .iter()
+        .map(|d| {
+            let counters: serde_json::Map<String, Value> = d
+                .counters()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect();
+            json!({
+                "id": d.id,
+                "pci": format!("0000:00:{:02x}.0", d.pci_slot),
+                "counters": counters,
+            })
+        })
+        .collect()
 }
 
 fn info(vm: &VmShared) -> Value {

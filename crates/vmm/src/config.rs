@@ -17,6 +17,96 @@ pub enum ConsoleConfig {
     File(PathBuf),
 }
 
+/// A `--disk`: a virtio-blk device over an image file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub readonly: bool,
+    pub cache: CacheMode,
+    /// Operations per second, if limited.
+    pub iops: Option<u64>,
+    /// Bytes per second, if limited.
+    pub bps: Option<u64>,
+}
+
+pub use vireo_virtio::block::CacheMode;
+
+impl DiskConfig {
+    /// Parses `path=FILE[,format=raw][,readonly=on][,cache=none|writeback][,iops=N][,bps=N]`.
+    pub fn parse(s: &str) -> Result<DiskConfig, String> {
+        let mut disk = DiskConfig {
+            path: PathBuf::new(),
+            readonly: false,
+            cache: CacheMode::Writeback,
+            iops: None,
+            bps: None,
+        };
+        for (key, value) in key_values(s, "--disk")? {
+            match key {
+                "path" => disk.path = PathBuf::from(value),
+                "format" => match value {
+                    "raw" => {}
+                    "qcow2" => {
+                        return Err(format!(
+                            "--disk {s}: qcow2 images are not supported yet; convert the image with `qemu-img convert -O raw IMAGE IMAGE.raw` and use format=raw"
+                        ))
+                    }
+                    _ => return Err(format!("--disk {s}: format={value}: use raw")),
+                },
+                "readonly" => disk.readonly = on_off(value).map_err(|e| format!("--disk {s}: {e}"))?,
+                "cache" => {
+                    disk.cache = match value {
+                        "none" => CacheMode::None,
+                        "writeback" => CacheMode::Writeback,
+                        _ => return Err(format!("--disk {s}: cache={value}: use none or writeback")),
+                    }
+                }
+                "iops" | "bps" => {
+                    let n = parse_size(value)
+                        .ok()
+                        .filter(|&n| n > 0)
+                        .ok_or_else(|| format!("--disk {s}: {key}={value} is not a positive number"))?;
+                    *(if key == "iops" { &mut disk.iops } else { &mut disk.bps }) = Some(n);
+                }
+                "vhost-user" => {
+                    return Err(format!(
+                        "--disk {s}: vhost-user disks are not supported yet; give path=FILE"
+                    ))
+                }
+                _ => {
+                    return Err(format!(
+                        "--disk {s}: unknown option {key:?}; options are path, format, readonly, cache, iops, bps"
+                    ))
+                }
+            }
+        }
+        if disk.path.as_os_str().is_empty() {
+            return Err(format!("--disk {s}: give the image as path=FILE"));
+        }
+        Ok(disk)
+    }
+}
+
+/// Splits `a=1,b=2` into pairs; a bare first word is taken as `path=`.
+fn key_values<'a>(s: &'a str, flag: &str) -> Result<Vec<(&'a str, &'a str)>, String> {
+    s.split(',')
+        .enumerate()
+        .map(|(i, item)| match item.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k, v)),
+            None if i == 0 && !item.is_empty() => Ok(("path", item)),
+            _ => Err(format!("{flag} {s}: {item:?} is not key=value")),
+        })
+        .collect()
+}
+
+fn on_off(v: &str) -> Result<bool, String> {
+    match v {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(format!("{v:?} is not on or off")),
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     pub kernel: PathBuf,
@@ -27,6 +117,10 @@ pub struct VmConfig {
     pub accel: Accel,
     pub console: ConsoleConfig,
     pub api_socket: Option<PathBuf>,
+    /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
+    pub disks: Vec<DiskConfig>,
+    /// A virtio-rng device.
+    pub rng: bool,
 }
 
 /// The smallest guest we build: room for the boot structures, ACPI tables and a tiny kernel.
@@ -134,6 +228,30 @@ mod tests {
             accel: Accel::Auto,
             console: ConsoleConfig::Stdio,
             api_socket: None,
+            disks: Vec::new(),
+            rng: false,
+        }
+    }
+
+    #[test]
+    fn disk_options() {
+        let d = DiskConfig::parse("path=/x.img,readonly=on,cache=none,iops=100,bps=10M").unwrap();
+        assert_eq!(d.path, PathBuf::from("/x.img"));
+        assert!(d.readonly);
+        assert_eq!(d.cache, CacheMode::None);
+        assert_eq!((d.iops, d.bps), (Some(100), Some(10 << 20)));
+        let d = DiskConfig::parse("/y.img").unwrap();
+        assert_eq!((d.path.to_str(), d.readonly), (Some("/y.img"), false));
+        for bad in [
+            "readonly=on",
+            "path=/x,cache=fast",
+            "path=/x,iops=0",
+            "path=/x,color=red",
+            "path=/x,format=qcow2",
+            "path=/x,readonly=maybe",
+        ] {
+            let e = DiskConfig::parse(bad).unwrap_err();
+            assert!(e.starts_with("--disk"), "{bad}: {e}");
         }
     }
 

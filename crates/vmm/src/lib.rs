@@ -10,8 +10,9 @@ pub mod memory;
 mod platform;
 pub mod state;
 pub mod vcpu;
+pub mod virtio;
 pub mod vm;
 
-pub use config::{Accel, ConsoleConfig, VmConfig};
+pub use config::{Accel, ConsoleConfig, DiskConfig, VmConfig};
 pub use state::VmState;
 pub use vm::{run_vm, VmError, VmOutcome};

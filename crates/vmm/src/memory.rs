@@ -4,9 +4,9 @@
 use std::fs::File;
 use std::os::fd::FromRawFd;
 use vireo_arch::boot::ram_regions;
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-pub type GuestMemory = GuestMemoryMmap<()>;
+pub use vireo_virtio::GuestMemory;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {

@@ -26,6 +26,8 @@ pub struct Platform {
     pub buses: Buses,
     pub serial: Arc<Mutex<Serial>>,
     pub acpi_pm: Arc<Mutex<AcpiPm>>,
+    /// PCI bus 0, for the VMM to add its devices to.
+    pub pci: Arc<Mutex<PciRoot>>,
 }
 
 impl Platform {
@@ -80,12 +82,13 @@ impl Platform {
             &mut mmio,
             layout::ECAM_START,
             layout::ECAM_SIZE,
-            Arc::new(Mutex::new(PciConfigMmio::new(pci))),
+            Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))),
         )?;
         Ok(Platform {
             buses: Buses { pio, mmio },
             serial,
             acpi_pm,
+            pci,
         })
     }
 }

@@ -75,6 +75,7 @@ pub struct VmShared {
     pub threads: Mutex<Vec<vcpu::VcpuThread>>,
     pub power_button: Arc<Mutex<AcpiPm>>,
     pub events: Sender<Event>,
+    pub devices: Vec<crate::virtio::AttachedDevice>,
 }
 
 impl VmShared {
@@ -185,7 +186,8 @@ pub fn run_vm(cfg: VmConfig) -> Result<VmOutcome, VmError> {
             gsi,
         })
     };
-    let platform = crate::platform::Platform::new(&cfg, &exit, &line)?;
+    let mut platform = crate::platform::Platform::new(&cfg, &exit, &line)?;
+    let devices = crate::virtio::attach(&cfg, &vm, &mem, &platform.pci, &mut platform.buses.mmio)?;
 
     let console = console::Console::start(&cfg.console, platform.serial.clone(), events_tx.clone())
         .map_err(|e| VmError::Device(format!("console: {e}")))?;
@@ -202,6 +204,7 @@ pub fn run_vm(cfg: VmConfig) -> Result<VmOutcome, VmError> {
         threads: Mutex::new(Vec::new()),
         power_button: platform.acpi_pm.clone(),
         events: events_tx.clone(),
+        devices,
     });
     let _api = match &cfg.api_socket {
         Some(path) => Some(

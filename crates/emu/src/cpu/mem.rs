@@ -173,6 +173,14 @@ impl Mmu {
         }
     }
 
+    /// Forgets which pages hold code (the caller drops every decoded block), and the TLB
+    /// entries that route writes to those pages through the slow path.
+    pub fn forget_code(&mut self) {
+        self.code_pages.clear();
+        self.dirty_code.clear();
+        self.flush_all();
+    }
+
     /// Reads guest RAM at a physical address (the page walker, DMA-like helpers). Bytes
     /// outside RAM read as all ones.
     pub fn phys_read(&self, gpa: u64, buf: &mut [u8]) {

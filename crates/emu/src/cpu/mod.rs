@@ -7,6 +7,7 @@
 //! (`operand.rs`), memory (`mem.rs`), ports and MMIO (`io.rs`), exceptions (`interrupt.rs`).
 
 pub mod cpuid;
+pub mod dma;
 pub mod exec;
 pub mod fast;
 pub mod flags;
@@ -305,6 +306,8 @@ pub struct Cpu {
     /// Set while an exception is being delivered, to detect double and triple faults.
     pub delivering: Option<u8>,
     pub blocks: run::BlockCache,
+    /// Writes other threads (devices) made into guest RAM, applied before each block.
+    pub device_writes: std::sync::Arc<dma::DeviceWrites>,
 }
 
 impl Cpu {
@@ -346,6 +349,7 @@ impl Cpu {
             tsc_offset: 0,
             delivering: None,
             blocks: run::BlockCache::default(),
+            device_writes: Default::default(),
         };
         // Real-mode reset state: every segment is a 64 KiB data/code segment.
         for (i, s) in cpu.seg.iter_mut().enumerate() {

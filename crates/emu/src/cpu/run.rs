@@ -164,6 +164,9 @@ impl Cpu {
             if self.int_shadow {
                 irq_waiting = true;
             }
+            if self.device_writes.pending() {
+                self.apply_device_writes();
+            }
             let icount = self.icount;
             match self.exec_block(limit) {
                 Ok(()) if step && self.icount != icount => {
@@ -344,6 +347,24 @@ impl Cpu {
             bits: self.code_bits,
             insns,
         })
+    }
+
+    /// Drops the blocks decoded from pages that devices wrote.
+    fn apply_device_writes(&mut self) {
+        match self.device_writes.drain() {
+            super::dma::Drained::Ranges(ranges) => {
+                for (gpa, len) in ranges {
+                    self.mem.note_write(gpa, len);
+                }
+                for p in std::mem::take(&mut self.mem.dirty_code) {
+                    self.blocks.invalidate_page(p);
+                }
+            }
+            super::dma::Drained::Everything => {
+                self.mem.forget_code();
+                self.blocks.clear();
+            }
+        }
     }
 
     /// Drops every decoded block (after the guest's memory map changes wholesale).

@@ -7,6 +7,58 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Boot to the shell; generous because CI machines are slow and debug builds slower.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A fresh directory for one test's files.
+pub fn scratch(suite: &str, name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{suite}-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Starts `vireo run --accel ACCEL` on the image with `extra` options and waits for the guest's
+/// shell.
+pub fn boot(
+    img: &vireo_image::GuestImage,
+    accel: &str,
+    extra: &[&std::ffi::OsStr],
+) -> (Console, KillOnDrop) {
+    let started = Instant::now();
+    let mut child = Command::new(super::vireo_bin())
+        .args(["run", "--accel", accel, "--memory", "512M", "--kernel"])
+        .arg(&img.kernel)
+        .arg("--initrd")
+        .arg(&img.initrd)
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start vireo");
+    let mut con = Console::attach(&mut child);
+    let guard = KillOnDrop(child);
+    con.expect("vireo guest ready", BOOT_TIMEOUT);
+    eprintln!("guest ready after {:?}", started.elapsed());
+    (con, guard)
+}
+
+/// Waits for `vireo run` to end on its own and returns its exit status code.
+pub fn wait_exit(guard: &mut KillOnDrop, timeout: Duration) -> Option<i32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = guard.0.try_wait().unwrap() {
+            return status.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "vireo run did not end within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }

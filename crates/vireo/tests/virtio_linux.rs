@@ -1,0 +1,133 @@
+//! virtio-pci devices seen by a booted Linux guest (the stock Debian kernel and its virtio_pci,
+//! virtio_blk and virtio_rng modules): the guest finds the disks and the entropy source through
+//! PCI and MSI-X, reads what the host wrote, makes a filesystem and writes files that the host
+//! then checks with e2fsprogs, and a read-only disk refuses writes.
+
+mod common;
+
+use common::guest::{boot, image, scratch, wait_exit};
+use std::ffi::OsStr;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const MARKER: &str = "vireo-host-marker";
+
+/// A sparse raw image of `size` bytes with MARKER at byte `at`.
+fn raw_image(path: &Path, size: u64, at: u64) {
+    let mut f = std::fs::File::create(path).unwrap();
+    f.set_len(size).unwrap();
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(MARKER.as_bytes()).unwrap();
+}
+
+fn debugfs(image: &Path, request: &str) -> String {
+    let out = Command::new("debugfs")
+        .args(["-R", request])
+        .arg(image)
+        .output()
+        .expect("run debugfs (apt-get install e2fsprogs)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn disks_rng_and_filesystem(accel: &str) {
+    let dir = scratch("virtio-linux", accel);
+    let img = image(&dir.join("image"));
+    let data = dir.join("data.img");
+    let ro = dir.join("ro.img");
+    raw_image(&data, 64 << 20, 1 << 20);
+    raw_image(&ro, 8 << 20, 0);
+    let disk_data = format!("path={}", data.display());
+    let disk_ro = format!("path={},readonly=on", ro.display());
+    let (mut con, mut guard) = boot(
+        &img,
+        accel,
+        &[
+            OsStr::new("--disk"),
+            OsStr::new(&disk_data),
+            OsStr::new("--disk"),
+            OsStr::new(&disk_ro),
+            OsStr::new("--rng"),
+        ],
+    );
+
+    // Kernel messages (ext4 mounting) would interleave with the answers on the console.
+    con.run("dmesg -n 1");
+
+    // Sizes and flags come from the device's configuration space.
+    assert_eq!(
+        con.run("cat /sys/block/vda/size /sys/block/vda/ro"),
+        "131072\r\n0"
+    );
+    assert_eq!(
+        con.run("cat /sys/block/vdb/size /sys/block/vdb/ro"),
+        "16384\r\n1"
+    );
+
+    // What the host wrote is what the guest reads.
+    assert_eq!(
+        con.run("dd if=/dev/vda bs=512 skip=2048 count=1 2>/dev/null | head -c 17"),
+        MARKER
+    );
+    assert_eq!(con.run("head -c 17 /dev/vdb"), MARKER);
+    let refused = con.run("echo x | dd of=/dev/vdb 2>&1; echo status=$?");
+    assert!(
+        refused.contains("error writing") && refused.ends_with("status=1"),
+        "{refused}"
+    );
+
+    // A filesystem: written by the guest, checked by the host after poweroff.
+    let mkfs = con.run(
+        "mke2fs /dev/vda >/dev/null && mkdir -p /mnt && mount /dev/vda /mnt && \
+         seq 1 50000 > /mnt/seq && echo hello-from-guest > /mnt/hello && \
+         sha256sum /mnt/seq | head -c 64 && umount /mnt && echo; echo unmounted",
+    );
+    let expected: String = (1..=50000).map(|i| format!("{i}\n")).collect();
+    let host_sum = {
+        let mut c = Command::new("sha256sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(expected.as_bytes())
+            .unwrap();
+        String::from_utf8(c.wait_with_output().unwrap().stdout).unwrap()
+    };
+    assert!(mkfs.starts_with(&host_sum[..64]), "{mkfs}");
+    assert!(mkfs.ends_with("unmounted"), "{mkfs}");
+
+    // The guest's entropy source is the virtio device.
+    assert_eq!(
+        con.run("cat /sys/devices/virtual/misc/hw_random/rng_current"),
+        "virtio_rng.0"
+    );
+    assert_eq!(
+        con.run("dd if=/dev/hwrng bs=32 count=1 2>/dev/null | od -An -tx1 | tr -d ' \\n' | wc -c"),
+        "64"
+    );
+
+    con.send("poweroff");
+    assert_eq!(wait_exit(&mut guard, Duration::from_secs(120)), Some(0));
+
+    let fsck = Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(&data)
+        .output()
+        .expect("run e2fsck");
+    assert!(
+        fsck.status.success(),
+        "e2fsck: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    assert_eq!(debugfs(&data, "cat /hello"), "hello-from-guest\n");
+    assert!(debugfs(&data, "cat /seq") == expected, "/seq differs");
+}
+
+#[test]
+fn virtio_disks_and_rng_under_the_emulator() {
+    disks_rng_and_filesystem("emu");
+}

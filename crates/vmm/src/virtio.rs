@@ -1,0 +1,99 @@
+//! The VM's paravirtual devices (seed 2.3): each a virtio-pci function on bus 0 whose BAR 0 is
+//! placed in the 32-bit PCI window and routed on the MMIO bus, interrupting through MSI-X.
+
+use crate::config::VmConfig;
+use crate::memory::GuestMemory;
+use crate::vm::VmError;
+use std::sync::{Arc, Mutex};
+use vireo_arch::layout;
+use vireo_devices::{pci::PciRoot, Bus, MsiSink};
+use vireo_hypervisor::Vm;
+use vireo_virtio::block::{Block, BlockConfig};
+use vireo_virtio::rng::Rng;
+use vireo_virtio::transport::{VirtioPci, BAR0_SIZE};
+use vireo_virtio::VirtioDevice;
+
+/// One attached device, as the API lists it.
+pub struct AttachedDevice {
+    /// `disk0`, `rng0`, ...
+    pub id: String,
+    pub pci_slot: u8,
+    pub function: Arc<Mutex<VirtioPci>>,
+}
+
+impl AttachedDevice {
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.function
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .counters()
+    }
+}
+
+/// MSI-X messages go to the backend's interrupt controller.
+struct MsiToVm(Arc<dyn Vm>);
+
+impl MsiSink for MsiToVm {
+    fn signal_msi(&self, addr: u64, data: u32) {
+        if let Err(e) = self.0.signal_msi(addr, data) {
+            tracing::warn!("MSI {addr:#x}/{data:#x}: {e}");
+        }
+    }
+}
+
+/// Creates the devices `cfg` asks for, in a fixed order (disks, then rng) so that the guest
+/// sees the same PCI addresses on every boot.
+pub fn attach(
+    cfg: &VmConfig,
+    vm: &Arc<dyn Vm>,
+    mem: &GuestMemory,
+    pci: &Arc<Mutex<PciRoot>>,
+    mmio: &mut Bus,
+) -> Result<Vec<AttachedDevice>, VmError> {
+    let mut wanted: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
+    for (i, d) in cfg.disks.iter().enumerate() {
+        let block = Block::new(BlockConfig {
+            path: d.path.clone(),
+            readonly: d.readonly,
+            cache: d.cache,
+            iops: d.iops,
+            bps: d.bps,
+            id: format!("vireo-disk{i}"),
+        })
+        .map_err(|e| VmError::Device(format!("--disk {}: {e}", d.path.display())))?;
+        wanted.push((format!("disk{i}"), Box::new(block)));
+    }
+    if cfg.rng {
+        wanted.push(("rng0".into(), Box::new(Rng::new())));
+    }
+
+    let msi: Arc<dyn MsiSink> = Arc::new(MsiToVm(vm.clone()));
+    let mut next = layout::PCI_MMIO32_START;
+    let mut attached = Vec::new();
+    for (id, device) in wanted {
+        let bar = next.next_multiple_of(BAR0_SIZE);
+        next = bar + BAR0_SIZE;
+        if next > layout::PCI_MMIO32_START + layout::PCI_MMIO32_SIZE {
+            return Err(VmError::Device(format!(
+                "{id}: no room left in the PCI memory window; attach fewer devices"
+            )));
+        }
+        let function = VirtioPci::new(device, mem.clone(), msi.clone(), vm.guest_writes(), bar)
+            .map_err(|e| VmError::Device(format!("{id}: {e}")))?;
+        let function = Arc::new(Mutex::new(function));
+        let pci_slot = pci
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add_device(function.clone())
+            .map_err(|e| VmError::Device(format!("{id}: {e}")))?;
+        mmio.insert(bar, BAR0_SIZE, function.clone())
+            .map_err(|e| VmError::Device(format!("{id}: {e}")))?;
+        tracing::info!(device = %id, slot = pci_slot, bar = format_args!("{bar:#x}"), "virtio-pci device attached");
+        attached.push(AttachedDevice {
+            id,
+            pci_slot,
+            function,
+        });
+    }
+    Ok(attached)
+}
