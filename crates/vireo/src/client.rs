@@ -8,6 +8,7 @@ use std::path::Path;
 pub fn run(cmd: VmCmd) -> Result<(), String> {
     let (method, action, sock) = match &cmd {
         VmCmd::Info(a) => ("GET", "vm.info", &a.api_socket),
+        VmCmd::Devices(a) => ("GET", "vm.devices", &a.api_socket),
         VmCmd::Pause(a) => ("PUT", "vm.pause", &a.api_socket),
         VmCmd::Resume(a) => ("PUT", "vm.resume", &a.api_socket),
         VmCmd::Shutdown(a) => ("PUT", "vm.shutdown", &a.api_socket),

@@ -57,7 +57,8 @@ struct RunArgs {
     /// run this guest here (auto).
     #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
     accel: AccelArg,
-    /// Console: `stdio` or `file=PATH`.
+    /// Console: `stdio` (the serial port), `virtio` (a virtio-console, `hvc0`, on stdio) or
+    /// `file=PATH` (serial output to a file, no input).
     #[arg(long, default_value = "stdio", value_parser = parse_console)]
     console: ConsoleConfig,
     /// Serve the management API on this Unix socket.
@@ -93,6 +94,8 @@ enum ImageCmd {
 enum VmCmd {
     /// Show the VM's state, configuration and per-vCPU exit counters.
     Info(ApiArg),
+    /// List the virtio devices with their PCI addresses and I/O counters.
+    Devices(ApiArg),
     /// Pause all vCPUs.
     Pause(ApiArg),
     /// Resume a paused VM.
@@ -112,9 +115,10 @@ struct ApiArg {
 fn parse_console(s: &str) -> Result<ConsoleConfig, String> {
     match s {
         "stdio" => Ok(ConsoleConfig::Stdio),
+        "virtio" => Ok(ConsoleConfig::Virtio),
         _ => match s.strip_prefix("file=") {
             Some(p) if !p.is_empty() => Ok(ConsoleConfig::File(p.into())),
-            _ => Err(format!("{s:?}: use `stdio` or `file=PATH`")),
+            _ => Err(format!("{s:?}: use `stdio`, `virtio` or `file=PATH`")),
         },
     }
 }

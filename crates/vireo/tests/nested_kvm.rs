@@ -43,14 +43,20 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in irqbypass kvm kvm-amd; do insmod /nested/$m.ko || echo "OUTER: insmod $m failed"; done
 [ -c /dev/kvm ] && echo "OUTER: /dev/kvm ready"
-for run in "vmlinuz 1" "vmlinuz 2" "vmlinux 1"; do
+# The 2-vCPU run also gets a virtio disk and entropy source (MSI-X under KVM).
+dd if=/dev/zero of=/disk.img bs=1M count=32 2>/dev/null
+for run in "vmlinuz 1" "vmlinuz 2 --disk path=/disk.img --rng" "vmlinux 1"; do
   set -- $run
-  echo "OUTER: booting inner guest $1 with $2 vCPUs"
-  /nested/vireo run --accel kvm --cpus $2 --memory 256M \
-      --kernel /nested/$1 --initrd /nested/inner.cpio.gz \
+  kernel=$1 cpus=$2
+  shift 2
+  echo "OUTER: booting inner guest $kernel with $cpus vCPUs"
+  /nested/vireo run --accel kvm --cpus $cpus --memory 256M "$@" \
+      --kernel /nested/$kernel --initrd /nested/inner.cpio.gz \
       --cmdline "console=ttyS0 reboot=k panic=-1"
   echo "OUTER: VIREO_EXIT=$?"
 done
+echo "OUTER: DISK=$(head -c 16 /disk.img)"
+
 # Graceful shutdown through the API: the ACPI power button, which the guest's acpid turns
 # into poweroff; the inner console goes to a file, which also shows when the guest is up.
 /nested/vireo run --accel kvm --memory 256M --console file=/inner.log \
@@ -166,10 +172,29 @@ fn linux_boots_under_nested_kvm_with_1_and_2_vcpus() {
             "round-trip-data"
         );
         // The host bridge, found through the DSDT's PCI0 and the MCFG's ECAM window.
-        assert_eq!(con.run("cat /sys/bus/pci/devices/*/vendor"), "0x8086");
+        assert_eq!(
+            con.run("cat /sys/bus/pci/devices/0000:00:00.0/vendor"),
+            "0x8086"
+        );
         let reserved = con.run("dmesg | grep -c 'MMCONFIG.*reserved'");
         assert!(reserved.parse::<u32>().is_ok_and(|n| n > 0), "{reserved}");
         if cpus == 2 {
+            // virtio-blk and virtio-rng through PCI and MSI-X: data written by the guest
+            // reaches the outer machine's file (checked below), and reads come back from it.
+            con.run("dmesg -n 1");
+            assert_eq!(con.run("cat /sys/block/vda/size"), "65536");
+            assert_eq!(
+                con.run("echo nested-disk-data | dd of=/dev/vda conv=fsync 2>/dev/null; echo 3 > /proc/sys/vm/drop_caches; head -c 16 /dev/vda"),
+                "nested-disk-data"
+            );
+            assert_eq!(
+                con.run("cat /sys/devices/virtual/misc/hw_random/rng_current"),
+                "virtio_rng.0"
+            );
+            assert!(con
+                .run("grep -c virtio /proc/interrupts")
+                .parse::<u32>()
+                .is_ok_and(|n| n >= 2));
             // Both CPUs take interrupts: the scheduler really uses the second one.
             let out = con.run("grep -E '^ *LOC:' /proc/interrupts");
             let counts: Vec<u64> = out
@@ -188,6 +213,7 @@ fn linux_boots_under_nested_kvm_with_1_and_2_vcpus() {
         let status = con.expect("\n", Duration::from_secs(5));
         assert_eq!(status.trim(), "0", "vireo run must end with status 0");
     }
+    con.expect("OUTER: DISK=nested-disk-data", Duration::from_secs(30));
     con.expect("OUTER: API says Running", Duration::from_secs(240));
     con.expect("OUTER: power button pressed", Duration::from_secs(30));
     let status = con.expect("OUTER: SHUTDOWN_EXIT=", Duration::from_secs(120));

@@ -6,11 +6,12 @@
 mod common;
 
 use common::guest::{boot, image, scratch, wait_exit};
+use common::vireo_bin;
 use std::ffi::OsStr;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const MARKER: &str = "vireo-host-marker";
 
@@ -31,6 +32,27 @@ fn debugfs(image: &Path, request: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `vireo vm devices`: device id -> counter name -> value.
+fn device_counters(api: &Path) -> serde_json::Value {
+    let out = Command::new(vireo_bin())
+        .args(["vm", "devices", "--api-socket"])
+        .arg(api)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["id"].as_str().unwrap().to_string(), d["counters"].clone()))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
 fn disks_rng_and_filesystem(accel: &str) {
     let dir = scratch("virtio-linux", accel);
     let img = image(&dir.join("image"));
@@ -40,6 +62,7 @@ fn disks_rng_and_filesystem(accel: &str) {
     raw_image(&ro, 8 << 20, 0);
     let disk_data = format!("path={}", data.display());
     let disk_ro = format!("path={},readonly=on", ro.display());
+    let api = dir.join("api.sock");
     let (mut con, mut guard) = boot(
         &img,
         accel,
@@ -49,6 +72,8 @@ fn disks_rng_and_filesystem(accel: &str) {
             OsStr::new("--disk"),
             OsStr::new(&disk_ro),
             OsStr::new("--rng"),
+            OsStr::new("--api-socket"),
+            api.as_os_str(),
         ],
     );
 
@@ -110,6 +135,17 @@ fn disks_rng_and_filesystem(accel: &str) {
         "64"
     );
 
+    // The API counts what the devices did.
+    let c = device_counters(&api);
+    assert!(c["disk0"]["write_ops"].as_u64().unwrap() > 0, "{c}");
+    assert!(
+        c["disk0"]["write_bytes"].as_u64().unwrap() >= 50000 * 5,
+        "{c}"
+    );
+    assert!(c["disk1"]["read_ops"].as_u64().unwrap() > 0, "{c}");
+    assert_eq!(c["disk1"]["write_ops"].as_u64(), Some(0), "{c}");
+    assert!(c["rng0"]["bytes"].as_u64().unwrap() >= 32, "{c}");
+
     con.send("poweroff");
     assert_eq!(wait_exit(&mut guard, Duration::from_secs(120)), Some(0));
 
@@ -130,4 +166,52 @@ fn disks_rng_and_filesystem(accel: &str) {
 #[test]
 fn virtio_disks_and_rng_under_the_emulator() {
     disks_rng_and_filesystem("emu");
+}
+
+/// `bps=` holds a disk to its bandwidth: the guest reads 16 MiB from a disk limited to
+/// 4 MiB/s, and the rate the host measures is within 10% of that.
+fn rate_limited_disk(accel: &str) {
+    const BPS: f64 = (4 << 20) as f64;
+    let dir = scratch("virtio-linux", &format!("limit-{accel}"));
+    let img = image(&dir.join("image"));
+    let data = dir.join("data.img");
+    raw_image(&data, 64 << 20, 0);
+    let disk = format!("path={},bps=4M", data.display());
+    let api = dir.join("api.sock");
+    let (mut con, mut guard) = boot(
+        &img,
+        accel,
+        &[
+            OsStr::new("--disk"),
+            OsStr::new(&disk),
+            OsStr::new("--api-socket"),
+            api.as_os_str(),
+        ],
+    );
+    let before = device_counters(&api)["disk0"]["read_bytes"]
+        .as_u64()
+        .unwrap();
+    let started = Instant::now();
+    con.run("dd if=/dev/vda of=/dev/null bs=1M count=16 2>/dev/null");
+    let elapsed = started.elapsed().as_secs_f64();
+    let c = device_counters(&api);
+    let bytes = c["disk0"]["read_bytes"].as_u64().unwrap() - before;
+    assert!(bytes >= 16 << 20, "{c}");
+    let rate = bytes as f64 / elapsed;
+    eprintln!(
+        "read {bytes} bytes in {elapsed:.2} s: {:.3} of the limit",
+        rate / BPS
+    );
+    assert!(
+        (0.9..=1.1).contains(&(rate / BPS)),
+        "{rate} B/s for a limit of {BPS}"
+    );
+    assert!(c["disk0"]["throttled"].as_u64().unwrap() > 0, "{c}");
+    con.send("poweroff");
+    assert_eq!(wait_exit(&mut guard, Duration::from_secs(120)), Some(0));
+}
+
+#[test]
+fn rate_limited_disk_under_the_emulator() {
+    rate_limited_disk("emu");
 }

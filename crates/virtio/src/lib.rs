@@ -13,6 +13,7 @@
 //! never a host panic.
 
 pub mod block;
+pub mod console;
 pub mod device;
 pub mod rate_limiter;
 pub mod rng;

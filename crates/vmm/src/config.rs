@@ -15,6 +15,9 @@ pub enum ConsoleConfig {
     Stdio,
     /// Guest serial output appended to a file; no input.
     File(PathBuf),
+    /// A virtio-console (`hvc0` in the guest) on stdin/stdout; the serial port's output still
+    /// goes to stdout (boot messages), but typed input goes to the virtio console.
+    Virtio,
 }
 
 /// A `--disk`: a virtio-blk device over an image file.

@@ -1,4 +1,5 @@
-//! The serial console: guest output to stdout or a file, host stdin to the guest's UART.
+//! The console: guest output to stdout or a file, host stdin to the guest's UART or its
+//! virtio-console.
 //!
 //! On a terminal, stdin is put in raw mode so that keys (Ctrl-C included) reach the guest;
 //! `Ctrl-A x` quits, as in QEMU.
@@ -9,6 +10,7 @@ use std::io::{Read, Write};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use vireo_devices::serial::Serial;
+use vireo_virtio::console::ConsoleInput;
 
 /// A writer that flushes every write: console output must appear as the guest writes it.
 struct Unbuffered<W: Write>(W);
@@ -27,7 +29,7 @@ impl<W: Write> Write for Unbuffered<W> {
 /// Where the guest's serial output goes.
 pub fn output(cfg: &ConsoleConfig) -> std::io::Result<Box<dyn Write + Send>> {
     Ok(match cfg {
-        ConsoleConfig::Stdio => Box::new(Unbuffered(std::io::stdout())),
+        ConsoleConfig::Stdio | ConsoleConfig::Virtio => Box::new(Unbuffered(std::io::stdout())),
         ConsoleConfig::File(p) => Box::new(Unbuffered(
             std::fs::OpenOptions::new()
                 .create(true)
@@ -42,20 +44,40 @@ pub struct Console {
     saved: Option<libc::termios>,
 }
 
+/// Where typed input goes.
+pub enum InputTarget {
+    Serial(Arc<Mutex<Serial>>),
+    Virtio(Arc<ConsoleInput>),
+}
+
+impl InputTarget {
+    /// Hands over as much of `data` as the device can take now.
+    fn push(&self, data: &[u8]) -> usize {
+        match self {
+            InputTarget::Serial(s) => s
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .enqueue_input(data),
+            InputTarget::Virtio(c) => c.push(data),
+        }
+    }
+}
+
 impl Console {
+    /// Starts reading stdin into `target`, unless the console is a file (no input).
     pub fn start(
         cfg: &ConsoleConfig,
-        serial: Arc<Mutex<Serial>>,
+        target: InputTarget,
         events: Sender<Event>,
     ) -> std::io::Result<Console> {
-        if *cfg != ConsoleConfig::Stdio {
+        if let ConsoleConfig::File(_) = cfg {
             return Ok(Console { saved: None });
         }
         let saved = raw_mode()?;
         let interactive = saved.is_some();
         std::thread::Builder::new()
             .name("console".into())
-            .spawn(move || input_loop(serial, events, interactive))?;
+            .spawn(move || input_loop(target, events, interactive))?;
         Ok(Console { saved })
     }
 }
@@ -92,7 +114,7 @@ fn raw_mode() -> std::io::Result<Option<libc::termios>> {
     Ok(Some(saved))
 }
 
-fn input_loop(serial: Arc<Mutex<Serial>>, events: Sender<Event>, interactive: bool) {
+fn input_loop(target: InputTarget, events: Sender<Event>, interactive: bool) {
     const CTRL_A: u8 = 0x01;
     let mut stdin = std::io::stdin().lock();
     let mut buf = [0u8; 256];
@@ -122,13 +144,10 @@ fn input_loop(serial: Arc<Mutex<Serial>>, events: Sender<Event>, interactive: bo
         }
         let mut rest = &data[..];
         while !rest.is_empty() {
-            let taken = serial
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .enqueue_input(rest);
+            let taken = target.push(rest);
             rest = &rest[taken..];
             if !rest.is_empty() {
-                // The UART FIFO is full: let the guest drain it.
+                // The UART FIFO or the console's buffer is full: let the guest drain it.
                 std::thread::sleep(std::time::Duration::from_millis(2));
             }
         }

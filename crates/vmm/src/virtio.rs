@@ -1,7 +1,7 @@
 //! The VM's paravirtual devices (seed 2.3): each a virtio-pci function on bus 0 whose BAR 0 is
 //! placed in the 32-bit PCI window and routed on the MMIO bus, interrupting through MSI-X.
 
-use crate::config::VmConfig;
+use crate::config::{ConsoleConfig, VmConfig};
 use crate::memory::GuestMemory;
 use crate::vm::VmError;
 use std::sync::{Arc, Mutex};
@@ -9,6 +9,7 @@ use vireo_arch::layout;
 use vireo_devices::{pci::PciRoot, Bus, MsiSink};
 use vireo_hypervisor::Vm;
 use vireo_virtio::block::{Block, BlockConfig};
+use vireo_virtio::console::{Console, ConsoleInput};
 use vireo_virtio::rng::Rng;
 use vireo_virtio::transport::{VirtioPci, BAR0_SIZE};
 use vireo_virtio::VirtioDevice;
@@ -41,7 +42,13 @@ impl MsiSink for MsiToVm {
     }
 }
 
-/// Creates the devices `cfg` asks for, in a fixed order (disks, then rng) so that the guest
+/// The attached devices, and the virtio console's input if there is one.
+pub struct Attached {
+    pub devices: Vec<AttachedDevice>,
+    pub console_input: Option<Arc<ConsoleInput>>,
+}
+
+/// Creates the devices `cfg` asks for, in a fixed order (console, disks, rng) so that the guest
 /// sees the same PCI addresses on every boot.
 pub fn attach(
     cfg: &VmConfig,
@@ -49,8 +56,17 @@ pub fn attach(
     mem: &GuestMemory,
     pci: &Arc<Mutex<PciRoot>>,
     mmio: &mut Bus,
-) -> Result<Vec<AttachedDevice>, VmError> {
+) -> Result<Attached, VmError> {
     let mut wanted: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
+    let mut console_input = None;
+    if cfg.console == ConsoleConfig::Virtio {
+        let out = crate::console::output(&cfg.console)
+            .map_err(|e| VmError::Device(format!("console output: {e}")))?;
+        let console =
+            Console::new(out).map_err(|e| VmError::Device(format!("virtio-console: {e}")))?;
+        console_input = Some(console.input());
+        wanted.push(("console0".into(), Box::new(console)));
+    }
     for (i, d) in cfg.disks.iter().enumerate() {
         let block = Block::new(BlockConfig {
             path: d.path.clone(),
@@ -95,5 +111,8 @@ pub fn attach(
             function,
         });
     }
-    Ok(attached)
+    Ok(Attached {
+        devices: attached,
+        console_input,
+    })
 }

@@ -187,9 +187,13 @@ pub fn run_vm(cfg: VmConfig) -> Result<VmOutcome, VmError> {
         })
     };
     let mut platform = crate::platform::Platform::new(&cfg, &exit, &line)?;
-    let devices = crate::virtio::attach(&cfg, &vm, &mem, &platform.pci, &mut platform.buses.mmio)?;
+    let attached = crate::virtio::attach(&cfg, &vm, &mem, &platform.pci, &mut platform.buses.mmio)?;
 
-    let console = console::Console::start(&cfg.console, platform.serial.clone(), events_tx.clone())
+    let input = match attached.console_input {
+        Some(c) => console::InputTarget::Virtio(c),
+        None => console::InputTarget::Serial(platform.serial.clone()),
+    };
+    let console = console::Console::start(&cfg.console, input, events_tx.clone())
         .map_err(|e| VmError::Device(format!("console: {e}")))?;
 
     let vcpus = create_vcpus(vm.as_ref(), &cfg, &guest)?;
@@ -204,7 +208,7 @@ pub fn run_vm(cfg: VmConfig) -> Result<VmOutcome, VmError> {
         threads: Mutex::new(Vec::new()),
         power_button: platform.acpi_pm.clone(),
         events: events_tx.clone(),
-        devices,
+        devices: attached.devices,
     });
     let _api = match &cfg.api_socket {
         Some(path) => Some(
