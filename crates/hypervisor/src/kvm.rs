@@ -182,6 +182,17 @@ impl Vm for KvmVm {
             .map_err(ioctl_err("KVM_IRQ_LINE"))
     }
 
+    fn register_ioevent(&self, addr: u64, fd: &vmm_sys_util::eventfd::EventFd) -> Result<bool> {
+        self.vm
+            .register_ioevent(
+                fd,
+                &kvm_ioctls::IoEventAddress::Mmio(addr),
+                kvm_ioctls::NoDatamatch,
+            )
+            .map_err(ioctl_err("KVM_IOEVENTFD"))?;
+        Ok(true)
+    }
+
     fn signal_msi(&self, addr: u64, data: u32) -> Result<()> {
         let msi = kvm_bindings::kvm_msi {
             address_lo: addr as u32,

@@ -101,6 +101,13 @@ pub trait Vm: Send + Sync {
     /// `addr`) to the local APICs it addresses.
     fn signal_msi(&self, addr: u64, data: u32) -> Result<()>;
 
+    /// Makes guest writes of any width to the MMIO address `addr` signal `fd` without leaving
+    /// the backend (a virtio queue notification). Returns false when the backend has no such
+    /// shortcut: the write then reaches the VMM as a [`VcpuExit::MmioWrite`] as usual.
+    fn register_ioevent(&self, _addr: u64, _fd: &vmm_sys_util::eventfd::EventFd) -> Result<bool> {
+        Ok(false)
+    }
+
     /// The CPUID leaves this backend can present to a guest, before the VMM's policy.
     fn supported_cpuid(&self) -> Result<Vec<CpuidEntry>>;
 

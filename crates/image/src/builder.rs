@@ -10,7 +10,7 @@ use crate::modules::ModulesDep;
 use crate::progress::{size, Progress};
 use crate::{BuildOptions, GuestImage, ImageError};
 
-const STEPS: usize = 5;
+const STEPS: usize = 6;
 
 pub(crate) fn run(opts: &BuildOptions) -> Result<GuestImage, ImageError> {
     let started = Instant::now();
@@ -102,11 +102,24 @@ pub(crate) fn run(opts: &BuildOptions) -> Result<GuestImage, ImageError> {
         initrd.display(),
         size(initramfs.len() as u64)
     ));
+
+    progress.step("writing ext4 root disk (mke2fs)");
+    let disk_started = Instant::now();
+    let rootfs = opts.out_dir.join("rootfs.ext4");
+    let disk_size = crate::rootfs::write(&archive, &rootfs)?;
+    progress.note(format!(
+        "rootfs    {} ({}, label {}, in {:.1}s)",
+        rootfs.display(),
+        size(disk_size),
+        crate::rootfs::LABEL,
+        disk_started.elapsed().as_secs_f64()
+    ));
     progress.note(format!("done in {:.1}s", started.elapsed().as_secs_f64()));
 
     Ok(GuestImage {
         kernel,
         initrd,
+        rootfs,
         kernel_version,
         modules_dir,
     })

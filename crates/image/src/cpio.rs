@@ -34,6 +34,24 @@ impl Entry {
     }
 }
 
+/// One archive entry as seen by [`Archive::entries`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryRef<'a> {
+    /// Relative path without a leading `/`, e.g. `bin/sh`.
+    pub path: &'a str,
+    /// Permission bits, e.g. `0o755`.
+    pub perm: u32,
+    pub kind: EntryKind<'a>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind<'a> {
+    Dir,
+    File(&'a [u8]),
+    Symlink(&'a str),
+    CharDev { major: u32, minor: u32 },
+}
+
 /// An in-memory cpio newc archive builder.
 ///
 /// Adding a path twice replaces the earlier entry (in its original position),
@@ -93,6 +111,24 @@ impl Archive {
     /// Whether `path` has been added (explicitly or as an implicit parent).
     pub fn contains(&self, path: &str) -> bool {
         self.index.contains_key(&normalize(path))
+    }
+
+    /// The entries in archive order (parents before children), for writing
+    /// the same tree somewhere else, e.g. the ext4 root disk.
+    pub fn entries(&self) -> impl Iterator<Item = EntryRef<'_>> {
+        self.entries.iter().map(|e| EntryRef {
+            path: &e.path,
+            perm: e.mode & PERM_MASK,
+            kind: match e.mode & S_IFMT {
+                S_IFDIR => EntryKind::Dir,
+                S_IFLNK => EntryKind::Symlink(std::str::from_utf8(&e.data).unwrap_or_default()),
+                S_IFCHR => EntryKind::CharDev {
+                    major: e.rdev.0,
+                    minor: e.rdev.1,
+                },
+                _ => EntryKind::File(&e.data),
+            },
+        })
     }
 
     /// Serialises the archive, including the trailer.

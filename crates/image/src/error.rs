@@ -50,6 +50,10 @@ pub enum ImageError {
         path: PathBuf,
     },
 
+    /// The ext4 root disk could not be assembled.
+    #[error("cannot build root disk {}: {reason}", path.display())]
+    Rootfs { path: PathBuf, reason: String },
+
     /// A kernel module file could not be parsed.
     #[error("bad kernel module {}: {reason}", path.display())]
     BadModule { path: PathBuf, reason: String },

@@ -1,6 +1,7 @@
 //! Builds the real guest image from Debian packages and inspects it.
 //! Needs apt access to the Debian archive on first run (then cached in
-//! `.cache/image` or `$VIREO_IMAGE_CACHE`), plus `cpio` and `gzip`.
+//! `.cache/image` or `$VIREO_IMAGE_CACHE`), plus `cpio`, `gzip` and
+//! e2fsprogs.
 
 mod common;
 
@@ -84,6 +85,65 @@ fn initramfs_lists_init_busybox_and_virtio_modules() {
 }
 
 #[test]
+fn rootfs_is_a_clean_ext4_with_the_initramfs_tree() {
+    let image = common::image("build-test");
+    assert!(image.rootfs.ends_with("rootfs.ext4"));
+    let len = std::fs::metadata(&image.rootfs).unwrap().len();
+    assert!(
+        len >= 64 << 20 && len.is_multiple_of(1 << 20),
+        "content + 64 MiB in whole MiB, got {len} bytes"
+    );
+    let (clean, fsck) = common::e2fsprogs("e2fsck", &["-fn"], &image.rootfs);
+    assert!(clean, "e2fsck -fn:\n{fsck}");
+    let (_, header) = common::e2fsprogs("dumpe2fs", &["-h"], &image.rootfs);
+    for needle in [
+        "Filesystem volume name:   vireo-root",
+        "Filesystem state:         clean",
+        "has_journal",
+        "extent",
+    ] {
+        assert!(header.contains(needle), "{needle} missing:\n{header}");
+    }
+
+    // `ls -l` lines: inode, mode, (type), uid, gid, size, date, time, name.
+    let ls =
+        |dir: &str| common::e2fsprogs("debugfs", &["-R", &format!("ls -l {dir}")], &image.rootfs).1;
+    let entry = |listing: &str, name: &str| -> Vec<String> {
+        listing
+            .lines()
+            .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .find(|f| f.last().map(String::as_str) == Some(name))
+            .unwrap_or_else(|| panic!("{name} missing:\n{listing}"))
+    };
+    let root = ls("/");
+    let init = entry(&root, "init");
+    assert_eq!(init[1], "100755", "/init: {init:?}");
+    assert_eq!(init[3..5], ["0", "0"], "/init owned by root: {init:?}");
+    assert_eq!(entry(&root, "tmp")[1], "41777");
+    for dir in ["bin", "sbin", "etc", "lib", "proc", "sys", "dev", "run"] {
+        assert!(entry(&root, dir)[1].starts_with("40"), "{dir} not a dir");
+    }
+    let busybox = entry(&ls("/bin"), "busybox");
+    assert_eq!(busybox[1], "100755", "{busybox:?}");
+    let busybox_size = busybox[5].parse::<u64>().unwrap();
+    assert!(busybox_size > 1_000_000, "{busybox:?}");
+    assert_eq!(entry(&ls("/dev"), "console")[1], "20600");
+
+    // The same files as the initramfs, e.g. /init and the module list.
+    let cat =
+        |path: &str| common::e2fsprogs("debugfs", &["-R", &format!("cat {path}")], &image.rootfs).1;
+    assert!(cat("/init").contains("switch_root"), "/init on disk");
+    let modules = cat("/etc/vireo/modules");
+    assert!(
+        modules.contains(&format!(
+            "/lib/modules/{}/kernel/drivers/block/virtio_blk.ko",
+            image.kernel_version
+        )),
+        "{modules}"
+    );
+}
+
+#[test]
 fn modules_dir_resolves_extra_modules_like_kvm() {
     let image = common::image("build-test");
     let dep = std::fs::read_to_string(image.modules_dir.join("modules.dep")).unwrap();
@@ -121,5 +181,10 @@ fn rebuild_from_cache_is_reproducible() {
     assert!(
         std::fs::read(&again.kernel).unwrap() == std::fs::read(&image.kernel).unwrap(),
         "kernel differs"
+    );
+    // mke2fs runs with a fixed clock and a content-derived UUID/hash seed.
+    assert!(
+        std::fs::read(&again.rootfs).unwrap() == std::fs::read(&image.rootfs).unwrap(),
+        "rootfs.ext4 differs"
     );
 }

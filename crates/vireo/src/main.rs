@@ -195,6 +195,7 @@ fn main() -> ExitCode {
                 .map(|img| {
                     println!("kernel  {}", img.kernel.display());
                     println!("initrd  {}", img.initrd.display());
+                    println!("rootfs  {}", img.rootfs.display());
                     println!("version {}", img.kernel_version);
                 })
                 .map_err(|e| e.to_string())

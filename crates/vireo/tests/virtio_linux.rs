@@ -215,3 +215,70 @@ fn rate_limited_disk(accel: &str) {
 fn rate_limited_disk_under_the_emulator() {
     rate_limited_disk("emu");
 }
+
+/// `--console virtio`: typed input reaches a shell on the guest's hvc0 (the serial port still
+/// carries the kernel's messages), and its answers come back.
+fn virtio_console(accel: &str) {
+    let dir = scratch("virtio-linux", &format!("console-{accel}"));
+    let img = image(&dir.join("image"));
+    let (mut con, mut guard) = boot(
+        &img,
+        accel,
+        &[OsStr::new("--console"), OsStr::new("virtio")],
+    );
+    assert_eq!(con.run("tty"), "/dev/hvc0");
+    assert_eq!(con.run("echo $((6 * 7))"), "42");
+    con.send("poweroff");
+    assert_eq!(wait_exit(&mut guard, Duration::from_secs(120)), Some(0));
+}
+
+#[test]
+fn virtio_console_under_the_emulator() {
+    virtio_console("emu");
+}
+
+/// The image's ext4 root disk: the guest mounts it as `/` (read-write) from virtio-blk, and
+/// what it writes there is on the host's file after poweroff.
+fn boot_from_root_disk(accel: &str) {
+    let dir = scratch("virtio-linux", &format!("rootfs-{accel}"));
+    let img = image(&dir.join("image"));
+    let disk = dir.join("root.ext4");
+    std::fs::copy(&img.rootfs, &disk).unwrap();
+    let path = format!("path={}", disk.display());
+    let (mut con, mut guard) = boot(
+        &img,
+        accel,
+        &[
+            OsStr::new("--disk"),
+            OsStr::new(&path),
+            OsStr::new("--cmdline"),
+            OsStr::new("console=ttyS0 reboot=k panic=-1 root=/dev/vda"),
+        ],
+    );
+    assert_eq!(
+        con.run("grep ' / ' /proc/mounts | cut -d' ' -f1-3"),
+        "/dev/vda / ext4"
+    );
+    con.run("echo written-on-the-root-disk > /persisted && sync");
+    con.send("poweroff");
+    assert_eq!(wait_exit(&mut guard, Duration::from_secs(120)), Some(0));
+    assert_eq!(
+        debugfs(&disk, "cat /persisted"),
+        "written-on-the-root-disk\n"
+    );
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+}
+
+#[test]
+fn boots_from_the_image_root_disk_under_the_emulator() {
+    boot_from_root_disk("emu");
+}

@@ -96,6 +96,15 @@ pub fn attach(
         }
         let function = VirtioPci::new(device, mem.clone(), msi.clone(), vm.guest_writes(), bar)
             .map_err(|e| VmError::Device(format!("{id}: {e}")))?;
+        // Queue notifications go straight from KVM to the device's worker, without a trip
+        // through the vCPU thread and the bus.
+        for q in 0..function.num_queues() {
+            if let (Some(addr), Some(fd)) = (function.notify_address(q), function.notify_eventfd(q))
+            {
+                vm.register_ioevent(addr, fd)
+                    .map_err(|e| VmError::Device(format!("{id}: queue {q} notification: {e}")))?;
+            }
+        }
         let function = Arc::new(Mutex::new(function));
         let pci_slot = pci
             .lock()

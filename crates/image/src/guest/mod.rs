@@ -1,5 +1,6 @@
-//! What goes into the guest's initramfs: busybox and its applet links,
-//! /init, the ACPI power-button wiring and the virtio kernel modules.
+//! What goes into the guest (the initramfs, and the same tree on the root
+//! disk): busybox and its applet links, /init, the ACPI power-button wiring
+//! and the virtio kernel modules.
 
 use std::path::Path;
 use std::process::Command;

@@ -36,3 +36,25 @@ pub fn image(name: &str) -> &'static GuestImage {
         image
     })
 }
+
+/// Runs an e2fsprogs tool (`debugfs`, `e2fsck`, ...) on an image and
+/// returns (success, stdout + stderr). The tools live in /usr/sbin or
+/// /sbin, which a regular user's PATH may lack.
+pub fn e2fsprogs(tool: &str, args: &[&str], image: &Path) -> (bool, String) {
+    let program = ["/usr/sbin", "/sbin"]
+        .iter()
+        .map(|dir| Path::new(dir).join(tool))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(tool));
+    let out = std::process::Command::new(program)
+        .args(args)
+        .arg(image)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {tool} ({e}); apt-get install -y e2fsprogs"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}

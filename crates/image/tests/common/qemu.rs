@@ -25,13 +25,18 @@ pub struct Qemu {
 impl Qemu {
     /// Boots the image under TCG (no KVM needed) with extra QEMU arguments.
     pub fn boot(image: &GuestImage, extra: &[&str]) -> Qemu {
+        Self::boot_with_cmdline(image, "console=ttyS0 panic=-1", extra)
+    }
+
+    /// Like [`Qemu::boot`] with a given kernel command line.
+    pub fn boot_with_cmdline(image: &GuestImage, cmdline: &str, extra: &[&str]) -> Qemu {
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(["-accel", "tcg", "-m", "512", "-nographic", "-no-reboot"])
             .arg("-kernel")
             .arg(&image.kernel)
             .arg("-initrd")
             .arg(&image.initrd)
-            .args(["-append", "console=ttyS0 panic=-1"])
+            .args(["-append", cmdline])
             .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
