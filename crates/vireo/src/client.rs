@@ -6,15 +6,24 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 pub fn run(cmd: VmCmd) -> Result<(), String> {
+    let mut body = String::new();
     let (method, action, sock) = match &cmd {
         VmCmd::Info(a) => ("GET", "vm.info", &a.api_socket),
         VmCmd::Devices(a) => ("GET", "vm.devices", &a.api_socket),
+        VmCmd::Balloon { api, size: None } => ("GET", "vm.balloon", &api.api_socket),
+        VmCmd::Balloon {
+            api,
+            size: Some(size),
+        } => {
+            body = format!("{{\"size\": {size}}}");
+            ("PUT", "vm.balloon", &api.api_socket)
+        }
         VmCmd::Pause(a) => ("PUT", "vm.pause", &a.api_socket),
         VmCmd::Resume(a) => ("PUT", "vm.resume", &a.api_socket),
         VmCmd::Shutdown(a) => ("PUT", "vm.shutdown", &a.api_socket),
         VmCmd::Stop(a) => ("PUT", "vm.stop", &a.api_socket),
     };
-    let (status, body) = request(sock, method, action)?;
+    let (status, body) = request(sock, method, action, &body)?;
     if !(200..300).contains(&status) {
         let msg = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
@@ -32,7 +41,7 @@ pub fn run(cmd: VmCmd) -> Result<(), String> {
 }
 
 /// One HTTP/1.1 request over the Unix socket; returns the status and the body.
-fn request(sock: &Path, method: &str, action: &str) -> Result<(u16, String), String> {
+fn request(sock: &Path, method: &str, action: &str, body: &str) -> Result<(u16, String), String> {
     let mut s = UnixStream::connect(sock).map_err(|e| {
         format!(
             "cannot connect to {}: {e} (is `vireo run --api-socket {}` running?)",
@@ -41,7 +50,8 @@ fn request(sock: &Path, method: &str, action: &str) -> Result<(u16, String), Str
         )
     })?;
     let req = format!(
-        "{method} /api/v1/{action} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} /api/v1/{action} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     );
     s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
     let mut raw = Vec::new();

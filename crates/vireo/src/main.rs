@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vireo_vmm::config::parse_size;
+use vireo_vmm::config::BalloonOpts;
 use vireo_vmm::{Accel, ConsoleConfig, DiskConfig, VmConfig, VmOutcome};
 
 #[derive(Parser)]
@@ -65,12 +66,16 @@ struct RunArgs {
     #[arg(long)]
     api_socket: Option<PathBuf>,
     /// A virtio-blk disk (repeatable; the guest sees vda, vdb, ... in order):
-    /// `path=FILE[,format=raw][,readonly=on][,cache=none|writeback][,iops=N][,bps=N]`.
+    /// `path=FILE[,format=raw|qcow2][,readonly=on][,cache=none|writeback][,iops=N][,bps=N]`.
     #[arg(long, value_parser = DiskConfig::parse)]
     disk: Vec<DiskConfig>,
     /// A virtio-rng device, fed from the host's getrandom.
     #[arg(long)]
     rng: bool,
+    /// A virtio-balloon: `[size=SIZE][,stats=SECONDS][,free-page-reporting=on]` (resize it with
+    /// `vireo vm balloon`).
+    #[arg(long, value_parser = BalloonOpts::parse, num_args = 0..=1, default_missing_value = "")]
+    balloon: Option<BalloonOpts>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -96,6 +101,13 @@ enum VmCmd {
     Info(ApiArg),
     /// List the virtio devices with their PCI addresses and I/O counters.
     Devices(ApiArg),
+    /// Show the balloon, or resize it with --size (memory taken back from the guest).
+    Balloon {
+        #[command(flatten)]
+        api: ApiArg,
+        #[arg(long, value_parser = parse_size)]
+        size: Option<u64>,
+    },
     /// Pause all vCPUs.
     Pause(ApiArg),
     /// Resume a paused VM.
@@ -166,6 +178,7 @@ fn run(args: RunArgs) -> Result<VmOutcome, String> {
         api_socket: args.api_socket,
         disks: args.disk,
         rng: args.rng,
+        balloon: args.balloon,
     };
     vireo_vmm::run_vm(cfg).map_err(|e| e.to_string())
 }

@@ -282,3 +282,111 @@ fn boot_from_root_disk(accel: &str) {
 fn boots_from_the_image_root_disk_under_the_emulator() {
     boot_from_root_disk("emu");
 }
+
+fn api_json(api: &Path, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(vireo_bin())
+        .args(["vm"])
+        .args(args)
+        .arg("--api-socket")
+        .arg(api)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+fn guest_mem_total_kib(con: &mut common::guest::Console) -> u64 {
+    con.run("awk '/MemTotal/ {print $2}' /proc/meminfo")
+        .parse()
+        .unwrap()
+}
+
+/// Host memory of the VMM's guest RAM mapping (a shared memfd).
+fn rss_shmem_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssShmem:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// Waits until the guest's balloon driver reports `bytes` as the balloon's size.
+fn wait_balloon(api: &Path, bytes: u64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = api_json(api, &["balloon"]);
+        if st["actual"].as_u64() == Some(bytes) {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "balloon never reached {bytes}: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The balloon, resized through the API: inflating lowers the guest's memory and gives the
+/// pages back to the host; deflating returns them; the guest's statistics arrive.
+fn balloon(accel: &str) {
+    let dir = scratch("virtio-linux", &format!("balloon-{accel}"));
+    let img = image(&dir.join("image"));
+    let api = dir.join("api.sock");
+    let (mut con, mut guard) = boot(
+        &img,
+        accel,
+        &[
+            OsStr::new("--balloon"),
+            OsStr::new("stats=1,free-page-reporting=off"),
+            OsStr::new("--api-socket"),
+            api.as_os_str(),
+        ],
+    );
+    let pid = guard.0.id();
+    let total0 = guest_mem_total_kib(&mut con);
+    // Touch 256 MiB in the guest and free it again: the host now holds those pages.
+    con.run("dd if=/dev/zero of=/tmp/fill bs=1M count=256 2>/dev/null; rm /tmp/fill");
+    let rss0 = rss_shmem_kib(pid);
+
+    api_json(&api, &["balloon", "--size", "300M"]);
+    wait_balloon(&api, 300 << 20);
+    let total1 = guest_mem_total_kib(&mut con);
+    let rss1 = rss_shmem_kib(pid);
+    eprintln!("MemTotal {total0} -> {total1} KiB; host RssShmem {rss0} -> {rss1} KiB");
+    assert_eq!(total0 - total1, 300 << 10, "guest MemTotal");
+    assert!(
+        rss0 - rss1 >= 200 << 10,
+        "host memory returned: {rss0} -> {rss1} KiB"
+    );
+
+    api_json(&api, &["balloon", "--size", "0"]);
+    let st = wait_balloon(&api, 0);
+    assert_eq!(guest_mem_total_kib(&mut con), total0);
+    // Statistics come every second: the guest's view of its memory.
+    let c = device_counters(&api);
+    assert!(
+        st["stats"]["total_memory"].as_u64().unwrap_or(0) > 0,
+        "{st} {c}"
+    );
+    assert!(
+        c["balloon0"]["inflated_pages"].as_u64().unwrap() >= 300 << 8,
+        "{c}"
+    );
+    assert!(
+        c["balloon0"]["deflated_pages"].as_u64().unwrap() >= 300 << 8,
+        "{c}"
+    );
+
+    con.send("poweroff");
+    assert_eq!(wait_exit(&mut guard, Duration::from_secs(120)), Some(0));
+}
+
+#[test]
+fn balloon_under_the_emulator() {
+    balloon("emu");
+}

@@ -12,6 +12,7 @@
 //! `virtio-queue` (bounds, loops, indirect tables) and a bad request gets an error status,
 //! never a host panic.
 
+pub mod balloon;
 pub mod block;
 pub mod console;
 pub mod device;

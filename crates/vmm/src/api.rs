@@ -7,6 +7,8 @@
 //! | GET      | /api/v1/vm.info       | state, accelerator, configuration, vCPUs     |
 //! | GET      | /api/v1/vm.counters   | per-vCPU exit counters                       |
 //! | GET      | /api/v1/vm.devices    | virtio devices with their PCI slot, counters |
+//! | GET      | /api/v1/vm.balloon    | balloon target, actual size, guest mem stats |
+//! | PUT      | /api/v1/vm.balloon    | `{"size": BYTES}`: inflate or deflate        |
 //! | PUT/POST | /api/v1/vm.pause      | Running → Paused                             |
 //! | PUT/POST | /api/v1/vm.resume     | Paused → Running                             |
 //! | PUT/POST | /api/v1/vm.shutdown   | graceful: presses the ACPI power button      |
@@ -85,7 +87,7 @@ fn serve(mut conn: UnixStream, vm: &VmShared) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
-    let (method, path) = loop {
+    let (method, path, body_at, body_len) = loop {
         let n = conn.read(&mut chunk)?;
         if n == 0 {
             return Ok(());
@@ -94,11 +96,19 @@ fn serve(mut conn: UnixStream, vm: &VmShared) -> std::io::Result<()> {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf) {
-            Ok(httparse::Status::Complete(_)) => {
+            Ok(httparse::Status::Complete(at)) => {
+                let len = req
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
+                    .unwrap_or(0usize);
                 break (
                     req.method.unwrap_or("").to_string(),
                     req.path.unwrap_or("").to_string(),
-                )
+                    at,
+                    len,
+                );
             }
             Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST => continue,
             Ok(httparse::Status::Partial) => {
@@ -107,10 +117,24 @@ fn serve(mut conn: UnixStream, vm: &VmShared) -> std::io::Result<()> {
             Err(e) => return respond(&mut conn, err(400, format!("bad HTTP request: {e}"))),
         }
     };
-    respond(&mut conn, route(&method, &path, vm))
+    if body_len > MAX_REQUEST {
+        return respond(&mut conn, err(413, "request body too large"));
+    }
+    while buf.len() < body_at + body_len {
+        let n = conn.read(&mut chunk)?;
+        if n == 0 {
+            return respond(
+                &mut conn,
+                err(400, "request body shorter than Content-Length"),
+            );
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = &buf[body_at..body_at + body_len];
+    respond(&mut conn, route(&method, &path, body, vm))
 }
 
-fn route(method: &str, path: &str, vm: &VmShared) -> Reply {
+fn route(method: &str, path: &str, body: &[u8], vm: &VmShared) -> Reply {
     let action = path.strip_prefix("/api/v1/").unwrap_or("");
     let is_get = method == "GET";
     let is_put = method == "PUT" || method == "POST";
@@ -119,6 +143,8 @@ fn route(method: &str, path: &str, vm: &VmShared) -> Reply {
         "vm.info" if is_get => ok(info(vm)),
         "vm.counters" if is_get => ok(counters(vm)),
         "vm.devices" if is_get => ok(devices(vm)),
+        "vm.balloon" if is_get => balloon_status(vm),
+        "vm.balloon" if is_put => balloon_resize(vm, body),
         "vm.pause" if is_put => verb(vm, Verb::Pause),
         "vm.resume" if is_put => verb(vm, Verb::Resume),
         "vm.stop" if is_put => verb(vm, Verb::Stop),
@@ -139,8 +165,10 @@ fn route(method: &str, path: &str, vm: &VmShared) -> Reply {
                 body: None,
             }
         }
-        "vmm.ping" | "vm.info" | "vm.counters" | "vm.devices" | "vm.pause" | "vm.resume"
-        | "vm.stop" | "vm.shutdown" => err(405, format!("{method} is not allowed on {path}")),
+        "vmm.ping" | "vm.info" | "vm.counters" | "vm.devices" | "vm.balloon" | "vm.pause"
+        | "vm.resume" | "vm.stop" | "vm.shutdown" => {
+            err(405, format!("{method} is not allowed on {path}"))
+        }
         _ => err(404, format!("no such endpoint: {path}")),
     }
 }
@@ -163,6 +191,51 @@ fn counters(vm: &VmShared) -> Value {
         .map(|(i, c)| (format!("vcpu{i}"), json!(c.snapshot())))
         .collect();
     Value::Object(per_vcpu)
+}
+
+fn balloon_status(vm: &VmShared) -> Reply {
+    let Some(b) = &vm.balloon else {
+        return err(404, "this VM has no balloon: start it with --balloon");
+    };
+    let st = b.status();
+    let stats: serde_json::Map<String, Value> = st
+        .stats
+        .as_ref()
+        .map(|s| {
+            s.named()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    ok(json!({
+        "target": st.target_bytes,
+        "actual": st.actual_bytes,
+        "active": st.active,
+        "stats": stats,
+    }))
+}
+
+fn balloon_resize(vm: &VmShared, body: &[u8]) -> Reply {
+    let Some(b) = &vm.balloon else {
+        return err(404, "this VM has no balloon: start it with --balloon");
+    };
+    let size = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("size").and_then(Value::as_u64));
+    let Some(size) = size else {
+        return err(
+            400,
+            r#"give the balloon size in bytes: {"size": 268435456}"#,
+        );
+    };
+    match b.set_target(size) {
+        Ok(()) => Reply {
+            status: 204,
+            body: None,
+        },
+        Err(e) => err(400, e.to_string()),
+    }
 }
 
 fn devices(vm: &VmShared) -> Value {

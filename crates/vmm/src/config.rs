@@ -24,6 +24,7 @@ pub enum ConsoleConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskConfig {
     pub path: PathBuf,
+    pub format: DiskFormat,
     pub readonly: bool,
     pub cache: CacheMode,
     /// Operations per second, if limited.
@@ -32,13 +33,14 @@ pub struct DiskConfig {
     pub bps: Option<u64>,
 }
 
-pub use vireo_virtio::block::CacheMode;
+pub use vireo_virtio::block::{CacheMode, DiskFormat};
 
 impl DiskConfig {
-    /// Parses `path=FILE[,format=raw][,readonly=on][,cache=none|writeback][,iops=N][,bps=N]`.
+    /// Parses `path=FILE[,format=raw|qcow2][,readonly=on][,cache=none|writeback][,iops=N][,bps=N]`.
     pub fn parse(s: &str) -> Result<DiskConfig, String> {
         let mut disk = DiskConfig {
             path: PathBuf::new(),
+            format: DiskFormat::Raw,
             readonly: false,
             cache: CacheMode::Writeback,
             iops: None,
@@ -47,15 +49,13 @@ impl DiskConfig {
         for (key, value) in key_values(s, "--disk")? {
             match key {
                 "path" => disk.path = PathBuf::from(value),
-                "format" => match value {
-                    "raw" => {}
-                    "qcow2" => {
-                        return Err(format!(
-                            "--disk {s}: qcow2 images are not supported yet; convert the image with `qemu-img convert -O raw IMAGE IMAGE.raw` and use format=raw"
-                        ))
+                "format" => {
+                    disk.format = match value {
+                        "raw" => DiskFormat::Raw,
+                        "qcow2" => DiskFormat::Qcow2,
+                        _ => return Err(format!("--disk {s}: format={value}: use raw or qcow2")),
                     }
-                    _ => return Err(format!("--disk {s}: format={value}: use raw")),
-                },
+                }
                 "readonly" => disk.readonly = on_off(value).map_err(|e| format!("--disk {s}: {e}"))?,
                 "cache" => {
                     disk.cache = match value {
@@ -87,6 +87,50 @@ impl DiskConfig {
             return Err(format!("--disk {s}: give the image as path=FILE"));
         }
         Ok(disk)
+    }
+}
+
+/// A `--balloon`: a virtio-balloon device.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BalloonOpts {
+    /// The balloon's size at boot: guest memory the host takes back.
+    pub size: u64,
+    /// Seconds between memory-statistics updates from the guest (none: no statistics).
+    pub stats: Option<u64>,
+    pub free_page_reporting: bool,
+}
+
+impl BalloonOpts {
+    /// Parses `[size=SIZE][,stats=SECONDS][,free-page-reporting=on]` (an empty string is
+    /// a balloon of size 0 without statistics).
+    pub fn parse(s: &str) -> Result<BalloonOpts, String> {
+        let mut b = BalloonOpts::default();
+        if s.is_empty() {
+            return Ok(b);
+        }
+        for item in s.split(',') {
+            let (key, value) = item
+                .split_once('=')
+                .ok_or_else(|| format!("--balloon {s}: {item:?} is not key=value"))?;
+            match key {
+                "size" => b.size = parse_size(value).map_err(|e| format!("--balloon {s}: {e}"))?,
+                "stats" => {
+                    let secs: u64 = value
+                        .parse()
+                        .map_err(|_| format!("--balloon {s}: stats={value} is not a number of seconds"))?;
+                    b.stats = (secs > 0).then_some(secs);
+                }
+                "free-page-reporting" => {
+                    b.free_page_reporting = on_off(value).map_err(|e| format!("--balloon {s}: {e}"))?
+                }
+                _ => {
+                    return Err(format!(
+                        "--balloon {s}: unknown option {key:?}; options are size, stats, free-page-reporting"
+                    ))
+                }
+            }
+        }
+        Ok(b)
     }
 }
 
@@ -124,6 +168,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// A virtio-rng device.
     pub rng: bool,
+    /// A virtio-balloon device.
+    pub balloon: Option<BalloonOpts>,
 }
 
 /// The smallest guest we build: room for the boot structures, ACPI tables and a tiny kernel.
@@ -157,6 +203,15 @@ impl VmConfig {
         }
         if !self.memory.is_multiple_of(4096) {
             return Err("--memory must be a multiple of 4 KiB".into());
+        }
+        if let Some(b) = &self.balloon {
+            if b.size >= self.memory {
+                return Err(format!(
+                    "--balloon size={} MiB leaves the guest no memory: give less than --memory ({} MiB)",
+                    b.size >> 20,
+                    self.memory >> 20
+                ));
+            }
         }
         Ok(())
     }
@@ -233,7 +288,37 @@ mod tests {
             api_socket: None,
             disks: Vec::new(),
             rng: false,
+            balloon: None,
         }
+    }
+
+    #[test]
+    fn balloon_options() {
+        let b = BalloonOpts::parse("size=128M,stats=5,free-page-reporting=on").unwrap();
+        assert_eq!(
+            (b.size, b.stats, b.free_page_reporting),
+            (128 << 20, Some(5), true)
+        );
+        assert_eq!(BalloonOpts::parse("").unwrap(), BalloonOpts::default());
+        for bad in [
+            "size",
+            "stats=soon",
+            "color=red",
+            "free-page-reporting=maybe",
+        ] {
+            assert!(
+                BalloonOpts::parse(bad)
+                    .unwrap_err()
+                    .starts_with("--balloon"),
+                "{bad}"
+            );
+        }
+        let mut c = cfg(1, 256 << 20);
+        c.balloon = Some(BalloonOpts {
+            size: 256 << 20,
+            ..Default::default()
+        });
+        assert!(c.validate().unwrap_err().contains("--balloon"));
     }
 
     #[test]

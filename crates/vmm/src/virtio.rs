@@ -5,9 +5,11 @@ use crate::config::{ConsoleConfig, VmConfig};
 use crate::memory::GuestMemory;
 use crate::vm::VmError;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use vireo_arch::layout;
 use vireo_devices::{pci::PciRoot, Bus, MsiSink};
 use vireo_hypervisor::Vm;
+use vireo_virtio::balloon::{Balloon, BalloonConfig, BalloonControl};
 use vireo_virtio::block::{Block, BlockConfig};
 use vireo_virtio::console::{Console, ConsoleInput};
 use vireo_virtio::rng::Rng;
@@ -46,9 +48,10 @@ impl MsiSink for MsiToVm {
 pub struct Attached {
     pub devices: Vec<AttachedDevice>,
     pub console_input: Option<Arc<ConsoleInput>>,
+    pub balloon: Option<BalloonControl>,
 }
 
-/// Creates the devices `cfg` asks for, in a fixed order (console, disks, rng) so that the guest
+/// Creates the devices `cfg` asks for, in a fixed order (console, disks, rng, balloon) so that the guest
 /// sees the same PCI addresses on every boot.
 pub fn attach(
     cfg: &VmConfig,
@@ -70,6 +73,7 @@ pub fn attach(
     for (i, d) in cfg.disks.iter().enumerate() {
         let block = Block::new(BlockConfig {
             path: d.path.clone(),
+            format: d.format,
             readonly: d.readonly,
             cache: d.cache,
             iops: d.iops,
@@ -81,6 +85,21 @@ pub fn attach(
     }
     if cfg.rng {
         wanted.push(("rng0".into(), Box::new(Rng::new())));
+    }
+    let mut balloon = None;
+    if let Some(b) = &cfg.balloon {
+        let (device, control) = Balloon::new(
+            BalloonConfig {
+                initial_target: b.size,
+                stats_interval: b.stats.map(Duration::from_secs),
+                free_page_reporting: b.free_page_reporting,
+                deflate_on_oom: false,
+            },
+            mem,
+        )
+        .map_err(|e| VmError::Device(format!("--balloon: {e}")))?;
+        balloon = Some(control);
+        wanted.push(("balloon0".into(), Box::new(device)));
     }
 
     let msi: Arc<dyn MsiSink> = Arc::new(MsiToVm(vm.clone()));
@@ -123,5 +142,6 @@ pub fn attach(
     Ok(Attached {
         devices: attached,
         console_input,
+        balloon,
     })
 }

@@ -76,6 +76,7 @@ pub struct VmShared {
     pub power_button: Arc<Mutex<AcpiPm>>,
     pub events: Sender<Event>,
     pub devices: Vec<crate::virtio::AttachedDevice>,
+    pub balloon: Option<vireo_virtio::balloon::BalloonControl>,
 }
 
 impl VmShared {
@@ -209,6 +210,7 @@ pub fn run_vm(cfg: VmConfig) -> Result<VmOutcome, VmError> {
         power_button: platform.acpi_pm.clone(),
         events: events_tx.clone(),
         devices: attached.devices,
+        balloon: attached.balloon,
     });
     let _api = match &cfg.api_socket {
         Some(path) => Some(

@@ -1,7 +1,8 @@
 //! Carrying out a parsed request against the image: every guest-given number (sector, length,
 //! discard range) is checked against the disk before any I/O, with checked arithmetic.
 
-use super::file::{AlignedBuf, DiskFile};
+use super::disk::Disk;
+use super::file::AlignedBuf;
 use super::request::{total_len, Cursor, Op, Request, Segment};
 use super::{
     ID_BYTES, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, MAX_WRITE_ZEROES_SECTORS, SECTOR_SIZE,
@@ -40,7 +41,7 @@ impl Outcome {
 
 pub(crate) struct Exec<'a> {
     pub mem: &'a GuestMemory,
-    pub disk: &'a DiskFile,
+    pub disk: &'a Disk,
     pub buf: &'a mut AlignedBuf,
     pub id: &'a [u8; ID_BYTES],
     pub readonly: bool,
@@ -194,10 +195,15 @@ impl Exec<'_> {
             let Some(offset) = self.range(sector, bytes) else {
                 return ioerr("discard / write zeroes beyond the end of the disk");
             };
-            ranges.push((offset, bytes, discard || unmap));
+            ranges.push((offset, bytes, unmap));
         }
         for (offset, bytes, unmap) in ranges {
-            if let Err(e) = self.disk.write_zeroes(offset, bytes, unmap, self.buf) {
+            let done = if discard {
+                self.disk.discard(offset, bytes, self.buf)
+            } else {
+                self.disk.write_zeroes(offset, bytes, unmap, self.buf)
+            };
+            if let Err(e) = done {
                 return ioerr(&format!("discard / write zeroes: {e}"));
             }
         }

@@ -1,7 +1,7 @@
 //! A test driver: guest memory with a split queue, a [`Block`] activated over it, and helpers
 //! to submit requests and wait for their completion.
 
-use super::{Block, BlockConfig, CacheMode};
+use super::{Block, BlockConfig, CacheMode, DiskFormat};
 use crate::{Activation, GuestMemory, GuestWrites, Interrupt, QueueHandle, VirtioDevice};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -60,6 +60,7 @@ pub fn pattern(first: u64, count: u64) -> Vec<u8> {
 pub fn config(path: &std::path::Path) -> BlockConfig {
     BlockConfig {
         path: path.to_path_buf(),
+        format: DiskFormat::Raw,
         readonly: false,
         cache: CacheMode::Writeback,
         iops: None,

@@ -1,11 +1,13 @@
-//! virtio-blk over a raw image file or block device (virtio 1.2, 5.2).
+//! virtio-blk over a raw image file or block device, or a qcow2 image (virtio 1.2, 5.2).
 //!
 //! One request queue served on a worker thread: read, write, flush, get-id, discard and write
 //! zeroes, optionally rate limited (`bps=`, `iops=`). The image is locked like QEMU locks its
-//! images (exclusive for read-write, shared for read-only), so that two VMs cannot write it
-//! at once. `cache=none` bypasses the host page cache (O_DIRECT), `cache=writeback` uses it;
-//! both honour FLUSH with fdatasync, so a guest's fsync reaches the disk either way.
+//! images (exclusive for read-write, shared for read-only and for backing files), so that two
+//! VMs cannot write it at once. `cache=none` bypasses the host page cache (O_DIRECT) for raw
+//! images, `cache=writeback` uses it; both honour FLUSH with fdatasync, so a guest's fsync
+//! reaches the disk either way. qcow2 images (`vireo-disk`) always use the page cache.
 
+mod disk;
 mod exec;
 mod file;
 mod request;
@@ -15,7 +17,8 @@ use crate::device::read_config_bytes;
 use crate::rate_limiter::RateLimiter;
 use crate::worker::Worker;
 use crate::{features, types, ActivateError, Activation, VirtioDevice};
-use file::{AlignedBuf, DiskFile};
+use disk::Disk;
+use file::AlignedBuf;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -36,8 +39,8 @@ pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 pub const MAX_DISCARD_SECTORS: u32 = (u32::MAX >> 9) & !7;
 pub const MAX_WRITE_ZEROES_SECTORS: u32 = MAX_DISCARD_SECTORS;
 pub const MAX_DISCARD_SEG: u32 = 1;
-/// Discard granularity hint: 4 KiB, the block size of common host filesystems (a hole can
-/// only free whole blocks).
+/// Discard granularity hint for raw images: 4 KiB, the block size of common host
+/// filesystems (a hole can only free whole blocks). qcow2 images ask for their cluster size.
 pub const DISCARD_SECTOR_ALIGNMENT: u32 = 8;
 
 /// How the image uses the host page cache.
@@ -49,9 +52,43 @@ pub enum CacheMode {
     Writeback,
 }
 
+/// How the image file stores the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DiskFormat {
+    /// The file (or block device) is the disk, byte for byte.
+    #[default]
+    Raw,
+    /// QEMU's qcow2 (versions 2 and 3), with its backing chain.
+    Qcow2,
+}
+
+impl std::str::FromStr for DiskFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<DiskFormat, String> {
+        match s {
+            "raw" => Ok(DiskFormat::Raw),
+            "qcow2" => Ok(DiskFormat::Qcow2),
+            other => Err(format!(
+                "unknown disk format {other:?}; use raw or qcow2 (convert others with `qemu-img convert -O qcow2`)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for DiskFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockConfig {
     pub path: PathBuf,
+    pub format: DiskFormat,
     pub readonly: bool,
     pub cache: CacheMode,
     /// Operations per second, if limited.
@@ -97,6 +134,21 @@ pub enum BlockError {
     },
     #[error("disk serial {id:?} is {} bytes; at most 20 are allowed", id.len())]
     Id { id: String },
+    #[error(
+        "qcow2 image {path} does not exist; create it first (e.g. `qemu-img create -f qcow2 {path} 10G`)"
+    )]
+    Qcow2NotFound { path: String },
+    #[error(
+        "backing file {backing} of disk image {path} does not exist; restore it, or rebase the image onto another (`qemu-img rebase -u -F FORMAT -b NEW {path}`)"
+    )]
+    BackingNotFound { path: String, backing: String },
+    #[error(
+        "qcow2 image {path} has a virtual size of {size} bytes, not a whole number of 512-byte sectors; resize it (`qemu-img resize -f qcow2 {path} SIZE`)"
+    )]
+    VirtualSize { path: String, size: u64 },
+    /// The image is not valid qcow2, or uses a feature we do not serve.
+    #[error("{0}")]
+    Image(vireo_disk::OpenError),
 }
 
 fn locked_message(path: &str, readonly: bool) -> String {
@@ -142,7 +194,7 @@ impl Counters {
 
 pub struct Block {
     cfg: BlockConfig,
-    disk: Arc<DiskFile>,
+    disk: Arc<Disk>,
     id: [u8; ID_BYTES],
     features: u64,
     config: Vec<u8>,
@@ -160,7 +212,7 @@ impl Block {
         for (d, s) in id.iter_mut().zip(cfg.id.bytes()) {
             *d = s;
         }
-        let disk = DiskFile::open(&cfg.path, cfg.readonly, cfg.cache)?;
+        let disk = Disk::open(&cfg)?;
         let mut features = features::VERSION_1
             | features::RING_EVENT_IDX
             | features::RING_INDIRECT_DESC
@@ -173,7 +225,11 @@ impl Block {
         if cfg.readonly {
             features |= 1 << VIRTIO_BLK_F_RO;
         }
-        let config = config_space(disk.size() / SECTOR_SIZE, disk.direct_align());
+        let config = config_space(
+            disk.size() / SECTOR_SIZE,
+            disk.direct_align(),
+            disk.discard_alignment(),
+        );
         Ok(Block {
             cfg,
             disk: Arc::new(disk),
@@ -192,7 +248,7 @@ impl Block {
 }
 
 /// struct virtio_blk_config (virtio 1.2, 5.2.4), little endian, up to the write-zeroes fields.
-fn config_space(capacity: u64, host_block: u64) -> Vec<u8> {
+fn config_space(capacity: u64, host_block: u64, discard_alignment: u32) -> Vec<u8> {
     let mut c = Vec::with_capacity(60);
     c.extend_from_slice(&capacity.to_le_bytes());
     // size_max: F_SIZE_MAX is not offered; requests of any segment size are served in chunks.
@@ -213,7 +269,7 @@ fn config_space(capacity: u64, host_block: u64) -> Vec<u8> {
     c.extend_from_slice(&1u16.to_le_bytes()); // num_queues
     c.extend_from_slice(&MAX_DISCARD_SECTORS.to_le_bytes());
     c.extend_from_slice(&MAX_DISCARD_SEG.to_le_bytes());
-    c.extend_from_slice(&DISCARD_SECTOR_ALIGNMENT.to_le_bytes());
+    c.extend_from_slice(&discard_alignment.to_le_bytes());
     c.extend_from_slice(&MAX_WRITE_ZEROES_SECTORS.to_le_bytes());
     c.extend_from_slice(&MAX_DISCARD_SEG.to_le_bytes()); // max_write_zeroes_seg
     c.push(1); // write_zeroes_may_unmap
@@ -287,5 +343,7 @@ mod harness;
 mod hostile_tests;
 #[cfg(test)]
 mod limit_tests;
+#[cfg(test)]
+mod qcow2_tests;
 #[cfg(test)]
 mod request_tests;

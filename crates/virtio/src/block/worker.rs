@@ -2,8 +2,9 @@
 //! queue when the driver notifies it and, when the rate limiter holds a request back, parks it
 //! in the ring until the limiter's timer fires.
 
+use super::disk::Disk;
 use super::exec::{Exec, Outcome};
-use super::file::{AlignedBuf, DiskFile};
+use super::file::AlignedBuf;
 use super::request::{self, Op, Request};
 use super::{Counters, ID_BYTES};
 use crate::device::{complete, report_writes};
@@ -32,7 +33,7 @@ pub(crate) struct BlockWorker {
     pub mem: GuestMemory,
     pub interrupt: Arc<dyn Interrupt>,
     pub writes: Option<Arc<dyn GuestWrites>>,
-    pub disk: Arc<DiskFile>,
+    pub disk: Arc<Disk>,
     pub limiter: Option<RateLimiter>,
     pub counters: Arc<Counters>,
     pub buf: AlignedBuf,

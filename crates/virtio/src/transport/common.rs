@@ -339,7 +339,17 @@ impl VirtioPci {
             writes: self.writes.clone(),
         };
         match self.device.activate(act) {
-            Ok(()) => self.active = true,
+            Ok(()) => {
+                self.active = true;
+                // A driver may post buffers and notify before DRIVER_OK (Linux's balloon
+                // driver posts its statistics buffer that way), and such notifications were
+                // dropped: let every queue look at its ring once now.
+                for (i, qc) in self.common.queues.iter().enumerate() {
+                    if let (true, Some(fd)) = (qc.enabled, self.notify.get(i)) {
+                        let _ = fd.write(1);
+                    }
+                }
+            }
             Err(e) => self.needs_reset(&format!("activation failed: {e}")),
         }
     }

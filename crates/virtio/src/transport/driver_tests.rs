@@ -64,6 +64,9 @@ fn linux_style_bring_up_notify_and_interrupt() {
     assert!(act.queues[0].queue.event_idx_enabled());
     assert_eq!(act.queues[1].queue.desc_table(), RING1);
 
+    // Activation looked at each queue once, for buffers posted before DRIVER_OK.
+    assert_eq!(act.queues[0].notify.read().unwrap(), 1);
+    assert_eq!(act.queues[1].notify.read().unwrap(), 1);
     // A notification signals that queue's eventfd, and only that one.
     d.kick(0);
     assert_eq!(act.queues[0].notify.read().unwrap(), 1);
