@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vireo_vmm::config::parse_size;
-use vireo_vmm::config::BalloonOpts;
+use vireo_vmm::config::{BalloonOpts, NetOpts, VsockOpts};
 use vireo_vmm::{Accel, ConsoleConfig, DiskConfig, VmConfig, VmOutcome};
 
 #[derive(Parser)]
@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Boot a VM in the foreground (the guest's serial console is this terminal).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Guest images.
     Image {
         #[command(subcommand)]
@@ -76,6 +76,14 @@ struct RunArgs {
     /// `vireo vm balloon`).
     #[arg(long, value_parser = BalloonOpts::parse, num_args = 0..=1, default_missing_value = "")]
     balloon: Option<BalloonOpts>,
+    /// A virtio-net device (repeatable): `tap=NAME[,mac=MAC][,bps=N][,pps=N]` (the tap is
+    /// created if it doesn't exist, and removed again when the VM ends).
+    #[arg(long, value_parser = NetOpts::parse)]
+    net: Vec<NetOpts>,
+    /// A virtio-vsock device: `cid=N,socket=PATH`. Host programs connect to PATH and send
+    /// `CONNECT <port>`; the guest's connections to CID 2 port P reach `PATH_P`.
+    #[arg(long, value_parser = VsockOpts::parse)]
+    vsock: Option<VsockOpts>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -179,6 +187,8 @@ fn run(args: RunArgs) -> Result<VmOutcome, String> {
         disks: args.disk,
         rng: args.rng,
         balloon: args.balloon,
+        vsock: args.vsock,
+        nets: args.net,
     };
     vireo_vmm::run_vm(cfg).map_err(|e| e.to_string())
 }
@@ -193,7 +203,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Run(args) => run(args).map(|outcome| {
+        Cmd::Run(args) => run(*args).map(|outcome| {
             tracing::info!("VM ended: {outcome:?}");
         }),
         Cmd::Image {

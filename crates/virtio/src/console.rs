@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use virtio_queue::{DescriptorChain, QueueT};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 const QUEUE_SIZE: u16 = 256;
@@ -186,9 +186,12 @@ impl Port {
             }
             let Some(chain) = self.rx.queue.pop_descriptor_chain(&self.mem) else {
                 // Wait for the driver to post buffers (its notification wakes us), unless it
-                // posted one meanwhile.
+                // posted one meanwhile (and its index is sane: a bogus one pops nothing).
                 match self.rx.queue.enable_notification(&self.mem) {
-                    Ok(true) => continue,
+                    Ok(true) if self.rx.queue.pop_descriptor_chain(&self.mem).is_some() => {
+                        self.rx.queue.go_to_previous_position();
+                        continue;
+                    }
                     _ => return,
                 }
             };
@@ -230,7 +233,9 @@ impl Port {
     fn transmit(&mut self) {
         loop {
             let _ = self.tx.queue.disable_notification(&self.mem);
+            let mut served = false;
             while let Some(chain) = self.tx.queue.pop_descriptor_chain(&self.mem) {
+                served = true;
                 let head = chain.head_index();
                 if let Err(e) = self.drain(&chain) {
                     tracing::debug!("virtio-console: bad transmit buffer: {e}");
@@ -239,7 +244,8 @@ impl Port {
                 device::complete(&mut self.tx, &self.mem, self.interrupt.as_ref(), head, 0);
             }
             match self.tx.queue.enable_notification(&self.mem) {
-                Ok(true) => continue,
+                // As in rng.rs: a bogus index pops nothing and must not make us spin.
+                Ok(true) if served => continue,
                 _ => return,
             }
         }

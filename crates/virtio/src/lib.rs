@@ -16,9 +16,11 @@ pub mod balloon;
 pub mod block;
 pub mod console;
 pub mod device;
+pub mod net;
 pub mod rate_limiter;
 pub mod rng;
 pub mod transport;
+pub mod vsock;
 pub mod worker;
 
 pub use device::{ActivateError, Activation, GuestWrites, Interrupt, QueueHandle, VirtioDevice};

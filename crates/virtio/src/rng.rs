@@ -100,7 +100,9 @@ fn serve(
         if let Err(e) = q.queue.disable_notification(mem) {
             tracing::warn!("virtio-rng: {e}");
         }
+        let mut served = false;
         while let Some(chain) = q.queue.pop_descriptor_chain(mem) {
+            served = true;
             let head = chain.head_index();
             let written = fill(&chain, mem).unwrap_or_else(|e| {
                 tracing::debug!("virtio-rng: bad request: {e}");
@@ -113,8 +115,10 @@ fn serve(
             device::complete(q, mem, interrupt, head, written as u32);
         }
         match q.queue.enable_notification(mem) {
-            Ok(true) => continue,
-            Ok(false) => return,
+            // More is available, unless the driver's index is bogus (further ahead than the
+            // ring is long): then nothing pops and looping again would spin forever.
+            Ok(true) if served => continue,
+            Ok(_) => return,
             Err(e) => {
                 tracing::warn!("virtio-rng: {e}");
                 return;

@@ -112,3 +112,36 @@ fn a_buffer_outside_guest_memory_is_returned_empty() {
     rng.reset();
     assert!(rng.counters().iter().any(|&(n, v)| n == "errors" && v == 1));
 }
+
+#[test]
+fn a_bogus_available_index_does_not_wedge_the_worker() {
+    let mem = memory(1 << 20);
+    let vq = MockSplitQueue::new(&mem, 16);
+    // Far more entries "available" than the ring holds: nothing can be popped.
+    vq.avail().idx().store(1000);
+    let notify = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let kick = notify.try_clone().unwrap();
+    let rec = Arc::new(Recorder::default());
+    let mut rng = Rng::new();
+    rng.activate(Activation {
+        mem: mem.clone(),
+        queues: vec![QueueHandle {
+            index: 0,
+            queue: vq.create_queue().unwrap(),
+            notify,
+        }],
+        interrupt: rec.clone(),
+        features: rng.features(),
+        writes: None,
+    })
+    .unwrap();
+    kick.write(1).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        rng.reset();
+        tx.send(()).unwrap();
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("reset must return: the worker spins");
+}

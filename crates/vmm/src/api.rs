@@ -240,6 +240,8 @@ fn balloon_resize(vm: &VmShared, body: &[u8]) -> Reply {
 
 fn devices(vm: &VmShared) -> Value {
     vm.devices
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
         .iter()
         .map(|d| {
             let counters: serde_json::Map<String, Value> = d

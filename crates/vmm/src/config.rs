@@ -134,6 +134,122 @@ impl BalloonOpts {
     }
 }
 
+/// A `--vsock`: a virtio-vsock device, bridged to Unix sockets as Firecracker does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockOpts {
+    /// The guest's context ID (3 or more).
+    pub cid: u64,
+    /// Host side: connect here and send `CONNECT <port>`; the guest reaches `PATH_<port>`.
+    pub socket: PathBuf,
+}
+
+impl VsockOpts {
+    /// Parses `cid=N,socket=PATH`.
+    pub fn parse(s: &str) -> Result<VsockOpts, String> {
+        let (mut cid, mut socket) = (None, None);
+        for (key, value) in key_values(s, "--vsock")? {
+            match key {
+                "cid" => {
+                    cid = Some(
+                        value
+                            .parse::<u64>()
+                            .ok()
+                            .filter(|&c| (3..u64::from(u32::MAX)).contains(&c))
+                            .ok_or_else(|| {
+                                format!("--vsock {s}: cid={value}: give a number from 3 to 4294967294 (0-2 are reserved)")
+                            })?,
+                    )
+                }
+                "socket" | "path" => socket = Some(PathBuf::from(value)),
+                _ => return Err(format!("--vsock {s}: unknown option {key:?}; options are cid and socket")),
+            }
+        }
+        match (cid, socket) {
+            (Some(cid), Some(socket)) => Ok(VsockOpts { cid, socket }),
+            _ => Err(format!("--vsock {s}: give both cid=N and socket=PATH")),
+        }
+    }
+}
+
+/// A `--net`: a virtio-net device on a tap device (or a vhost-user backend).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetOpts {
+    pub backend: NetBackend,
+    pub mac: Option<[u8; 6]>,
+    /// Bytes per second, each way, if limited.
+    pub bps: Option<u64>,
+    /// Packets per second, each way, if limited.
+    pub pps: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetBackend {
+    /// A tap interface (created if it doesn't exist).
+    Tap(String),
+    /// A vhost-user-net backend's socket.
+    VhostUser(PathBuf),
+}
+
+impl NetOpts {
+    /// Parses `tap=NAME[,mac=MAC][,bps=N][,pps=N]` or `vhost-user=SOCKET[,mac=MAC]`.
+    pub fn parse(s: &str) -> Result<NetOpts, String> {
+        let (mut backend, mut mac, mut bps, mut pps) = (None, None, None, None);
+        for (key, value) in s.split(',').map(|i| i.split_once('=').unwrap_or((i, ""))) {
+            let positive = || {
+                parse_size(value)
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("--net {s}: {key}={value} is not a positive number"))
+            };
+            match key {
+                "tap" if !value.is_empty() => backend = Some(NetBackend::Tap(value.to_string())),
+                "vhost-user" if !value.is_empty() => {
+                    backend = Some(NetBackend::VhostUser(PathBuf::from(value)))
+                }
+                "mac" => mac = Some(parse_mac(value).map_err(|e| format!("--net {s}: {e}"))?),
+                "bps" => bps = Some(positive()?),
+                "pps" => pps = Some(positive()?),
+                _ => {
+                    return Err(format!(
+                        "--net {s}: unknown option {key:?}; use tap=NAME or vhost-user=SOCKET, with mac, bps, pps"
+                    ))
+                }
+            }
+        }
+        let backend =
+            backend.ok_or_else(|| format!("--net {s}: give tap=NAME or vhost-user=SOCKET"))?;
+        if matches!(backend, NetBackend::VhostUser(_)) && (bps.is_some() || pps.is_some()) {
+            return Err(format!(
+                "--net {s}: bps and pps limit a tap; a vhost-user backend enforces its own QoS"
+            ));
+        }
+        Ok(NetOpts {
+            backend,
+            mac,
+            bps,
+            pps,
+        })
+    }
+}
+
+/// Parses `52:54:00:12:34:56`; the address must be unicast.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let bytes: Vec<u8> = s
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).ok().filter(|_| b.len() == 2))
+        .collect::<Option<_>>()
+        .filter(|v: &Vec<u8>| v.len() == 6)
+        .ok_or_else(|| format!("mac={s} is not a MAC address like 52:54:00:12:34:56"))?;
+    if bytes[0] & 1 != 0 {
+        return Err(format!(
+            "mac={s} is a multicast address; the first byte must be even"
+        ));
+    }
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&bytes);
+    Ok(mac)
+}
+
 /// Splits `a=1,b=2` into pairs; a bare first word is taken as `path=`.
 fn key_values<'a>(s: &'a str, flag: &str) -> Result<Vec<(&'a str, &'a str)>, String> {
     s.split(',')
@@ -170,6 +286,10 @@ pub struct VmConfig {
     pub rng: bool,
     /// A virtio-balloon device.
     pub balloon: Option<BalloonOpts>,
+    /// A virtio-vsock device.
+    pub vsock: Option<VsockOpts>,
+    /// virtio-net devices, in the order the guest sees them (eth0, eth1, ...).
+    pub nets: Vec<NetOpts>,
 }
 
 /// The smallest guest we build: room for the boot structures, ACPI tables and a tiny kernel.
@@ -289,6 +409,46 @@ mod tests {
             disks: Vec::new(),
             rng: false,
             balloon: None,
+            vsock: None,
+            nets: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn vsock_and_net_options() {
+        let v = VsockOpts::parse("cid=3,socket=/tmp/v.sock").unwrap();
+        assert_eq!((v.cid, v.socket.to_str()), (3, Some("/tmp/v.sock")));
+        for bad in [
+            "cid=2,socket=/x",
+            "cid=3",
+            "socket=/x",
+            "cid=x,socket=/x",
+            "cid=3,socket=/x,port=1",
+        ] {
+            assert!(
+                VsockOpts::parse(bad).unwrap_err().starts_with("--vsock"),
+                "{bad}"
+            );
+        }
+        let n = NetOpts::parse("tap=vt0,mac=52:54:00:12:34:56,bps=10M,pps=1000").unwrap();
+        assert_eq!(n.backend, NetBackend::Tap("vt0".into()));
+        assert_eq!(n.mac, Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
+        assert_eq!((n.bps, n.pps), (Some(10 << 20), Some(1000)));
+        let n = NetOpts::parse("vhost-user=/tmp/n.sock").unwrap();
+        assert_eq!(n.backend, NetBackend::VhostUser("/tmp/n.sock".into()));
+        for bad in [
+            "mac=52:54:00:12:34:56",
+            "tap=",
+            "tap=a,mac=01:00:00:00:00:01",
+            "tap=a,mac=zz",
+            "tap=a,pps=0",
+            "vhost-user=/x,bps=1",
+            "tap=a,color=red",
+        ] {
+            assert!(
+                NetOpts::parse(bad).unwrap_err().starts_with("--net"),
+                "{bad}"
+            );
         }
     }
 
@@ -335,7 +495,7 @@ mod tests {
             "path=/x,cache=fast",
             "path=/x,iops=0",
             "path=/x,color=red",
-            "path=/x,format=qcow2",
+            "path=/x,format=vmdk",
             "path=/x,readonly=maybe",
         ] {
             let e = DiskConfig::parse(bad).unwrap_err();

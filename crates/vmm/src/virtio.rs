@@ -1,7 +1,7 @@
 //! The VM's paravirtual devices (seed 2.3): each a virtio-pci function on bus 0 whose BAR 0 is
 //! placed in the 32-bit PCI window and routed on the MMIO bus, interrupting through MSI-X.
 
-use crate::config::{ConsoleConfig, VmConfig};
+use crate::config::{ConsoleConfig, NetBackend, VmConfig};
 use crate::memory::GuestMemory;
 use crate::vm::VmError;
 use std::sync::{Arc, Mutex};
@@ -12,8 +12,10 @@ use vireo_hypervisor::Vm;
 use vireo_virtio::balloon::{Balloon, BalloonConfig, BalloonControl};
 use vireo_virtio::block::{Block, BlockConfig};
 use vireo_virtio::console::{Console, ConsoleInput};
+use vireo_virtio::net::{Net, NetConfig};
 use vireo_virtio::rng::Rng;
 use vireo_virtio::transport::{VirtioPci, BAR0_SIZE};
+use vireo_virtio::vsock::{Vsock, VsockConfig};
 use vireo_virtio::VirtioDevice;
 
 /// One attached device, as the API lists it.
@@ -51,7 +53,7 @@ pub struct Attached {
     pub balloon: Option<BalloonControl>,
 }
 
-/// Creates the devices `cfg` asks for, in a fixed order (console, disks, rng, balloon) so that the guest
+/// Creates the devices `cfg` asks for, in a fixed order (console, disks, nets, rng, balloon, vsock) so that the guest
 /// sees the same PCI addresses on every boot.
 pub fn attach(
     cfg: &VmConfig,
@@ -83,6 +85,27 @@ pub fn attach(
         .map_err(|e| VmError::Device(format!("--disk {}: {e}", d.path.display())))?;
         wanted.push((format!("disk{i}"), Box::new(block)));
     }
+    for (i, n) in cfg.nets.iter().enumerate() {
+        let id = format!("net{i}");
+        match &n.backend {
+            NetBackend::Tap(tap) => {
+                let net = Net::new(NetConfig {
+                    tap: tap.clone(),
+                    mac: n.mac,
+                    bps: n.bps,
+                    pps: n.pps,
+                })
+                .map_err(|e| VmError::Device(format!("--net tap={tap}: {e}")))?;
+                wanted.push((id, Box::new(net)));
+            }
+            NetBackend::VhostUser(path) => {
+                return Err(VmError::Device(format!(
+                    "--net vhost-user={}: vhost-user network backends are not supported yet; use tap=NAME",
+                    path.display()
+                )))
+            }
+        }
+    }
     if cfg.rng {
         wanted.push(("rng0".into(), Box::new(Rng::new())));
     }
@@ -100,6 +123,14 @@ pub fn attach(
         .map_err(|e| VmError::Device(format!("--balloon: {e}")))?;
         balloon = Some(control);
         wanted.push(("balloon0".into(), Box::new(device)));
+    }
+    if let Some(v) = &cfg.vsock {
+        let vsock = Vsock::new(VsockConfig {
+            guest_cid: v.cid,
+            uds_path: v.socket.clone(),
+        })
+        .map_err(|e| VmError::Device(format!("--vsock: {e}")))?;
+        wanted.push(("vsock0".into(), Box::new(vsock)));
     }
 
     let msi: Arc<dyn MsiSink> = Arc::new(MsiToVm(vm.clone()));

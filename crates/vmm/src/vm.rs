@@ -75,7 +75,9 @@ pub struct VmShared {
     pub threads: Mutex<Vec<vcpu::VcpuThread>>,
     pub power_button: Arc<Mutex<AcpiPm>>,
     pub events: Sender<Event>,
-    pub devices: Vec<crate::virtio::AttachedDevice>,
+    /// Emptied when the VM ends, so that the devices are dropped (workers stopped, sockets
+    /// removed) even while an API thread still holds the rest.
+    pub devices: Mutex<Vec<crate::virtio::AttachedDevice>>,
     pub balloon: Option<vireo_virtio::balloon::BalloonControl>,
 }
 
@@ -209,7 +211,7 @@ pub fn run_vm(cfg: VmConfig) -> Result<VmOutcome, VmError> {
         threads: Mutex::new(Vec::new()),
         power_button: platform.acpi_pm.clone(),
         events: events_tx.clone(),
-        devices: attached.devices,
+        devices: Mutex::new(attached.devices),
         balloon: attached.balloon,
     });
     let _api = match &cfg.api_socket {
@@ -281,6 +283,10 @@ pub fn run_vm(cfg: VmConfig) -> Result<VmOutcome, VmError> {
         let _ = h.join();
     }
     drop(console);
+    // The buses (dropped on return) and this list hold the last references to the devices.
+    drop(std::mem::take(
+        &mut *shared.devices.lock().unwrap_or_else(|p| p.into_inner()),
+    ));
     outcome
 }
 

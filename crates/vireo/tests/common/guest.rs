@@ -25,8 +25,18 @@ pub fn boot(
     accel: &str,
     extra: &[&std::ffi::OsStr],
 ) -> (Console, KillOnDrop) {
+    boot_cmd(Command::new(super::vireo_bin()), img, accel, extra)
+}
+
+/// [`boot`] with `cmd` as the program that runs `vireo` (e.g. `ip netns exec NS vireo`).
+pub fn boot_cmd(
+    mut cmd: Command,
+    img: &vireo_image::GuestImage,
+    accel: &str,
+    extra: &[&std::ffi::OsStr],
+) -> (Console, KillOnDrop) {
     let started = Instant::now();
-    let mut child = Command::new(super::vireo_bin())
+    let mut child = cmd
         .args(["run", "--accel", accel, "--memory", "512M", "--kernel"])
         .arg(&img.kernel)
         .arg("--initrd")
@@ -180,4 +190,54 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// An ext4 image holding host programs for the guest, which has only busybox: each program
+/// and the shared libraries it links (as `ldd` lists them) go to `/lib` and `/NAME` on the
+/// disk. A dynamic one runs in the guest as `/t/lib/ld-linux-x86-64.so.2 --library-path /t/lib
+/// /t/NAME` once the disk is mounted on /t; a static one as `/t/NAME`.
+pub fn tools_disk(dir: &Path, programs: &[&Path]) -> PathBuf {
+    let stage = dir.join("tools-stage");
+    let _ = std::fs::remove_dir_all(&stage);
+    std::fs::create_dir_all(stage.join("lib")).unwrap();
+    for p in programs {
+        std::fs::copy(p, stage.join(p.file_name().unwrap())).unwrap();
+        let ldd = Command::new("ldd").arg(p).output().expect("run ldd");
+        for lib in String::from_utf8_lossy(&ldd.stdout)
+            .split_whitespace()
+            .filter(|w| w.starts_with('/'))
+        {
+            let lib = Path::new(lib);
+            std::fs::copy(lib, stage.join("lib").join(lib.file_name().unwrap())).unwrap();
+        }
+    }
+    let image = dir.join("tools.ext4");
+    let _ = std::fs::remove_file(&image);
+    let out = Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-d"])
+        .arg(&stage)
+        .arg(&image)
+        .arg("128M")
+        .output()
+        .expect("run mke2fs (apt-get install e2fsprogs)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    image
+}
+
+/// A static build of the guest tool `tests/guest-tools/NAME.c`.
+pub fn guest_tool(dir: &Path, name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/guest-tools/{name}.c"));
+    let out = dir.join(name);
+    let status = Command::new("gcc")
+        .args(["-static", "-O2", "-Wall", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("run gcc");
+    assert!(status.success(), "building {}", src.display());
+    out
 }
