@@ -8,7 +8,7 @@ use crate::{features, types, GuestMemory, GuestWrites};
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::EventFd;
@@ -49,11 +49,12 @@ impl ConsoleInput {
     }
 }
 
-#[derive(Default)]
-struct Counters {
-    rx_bytes: AtomicU64,
-    tx_bytes: AtomicU64,
-    errors: AtomicU64,
+crate::device::counters! {
+    struct Counters {
+        rx_bytes,
+        tx_bytes,
+        errors,
+    }
 }
 
 pub struct Console {
@@ -157,11 +158,7 @@ impl VirtioDevice for Console {
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
-        vec![
-            ("rx_bytes", self.counters.rx_bytes.load(Relaxed)),
-            ("tx_bytes", self.counters.tx_bytes.load(Relaxed)),
-            ("errors", self.counters.errors.load(Relaxed)),
-        ]
+        self.counters.snapshot()
     }
 }
 

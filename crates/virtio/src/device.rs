@@ -121,3 +121,25 @@ pub fn complete(
         }
     }
 }
+
+/// Declares a device's counters: atomics its worker bumps and [`VirtioDevice::counters`]
+/// reports by field name, through the generated `snapshot()`.
+macro_rules! counters {
+    ($(#[$m:meta])* $vis:vis struct $name:ident { $($(#[$fm:meta])* $field:ident,)* }) => {
+        $(#[$m])*
+        #[derive(Default)]
+        $vis struct $name {
+            $($(#[$fm])* pub(crate) $field: std::sync::atomic::AtomicU64,)*
+        }
+
+        impl $name {
+            pub(crate) fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((
+                    stringify!($field),
+                    self.$field.load(std::sync::atomic::Ordering::Relaxed),
+                ),)*]
+            }
+        }
+    };
+}
+pub(crate) use counters;

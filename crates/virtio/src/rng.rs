@@ -6,7 +6,7 @@ use crate::worker::Worker;
 use crate::{features, types, GuestMemory};
 use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use virtio_queue::QueueT;
 
@@ -15,11 +15,12 @@ const QUEUE_SIZE: u16 = 256;
 /// the host must not allocate or block on that.
 const MAX_REQUEST: usize = 64 * 1024;
 
-#[derive(Default)]
-struct Counters {
-    requests: AtomicU64,
-    bytes: AtomicU64,
-    errors: AtomicU64,
+crate::device::counters! {
+    struct Counters {
+        requests,
+        bytes,
+        errors,
+    }
 }
 
 #[derive(Default)]
@@ -79,11 +80,7 @@ impl VirtioDevice for Rng {
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
-        vec![
-            ("requests", self.counters.requests.load(Relaxed)),
-            ("bytes", self.counters.bytes.load(Relaxed)),
-            ("errors", self.counters.errors.load(Relaxed)),
-        ]
+        self.counters.snapshot()
     }
 }
 

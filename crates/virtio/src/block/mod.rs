@@ -20,7 +20,6 @@ use crate::{features, types, ActivateError, Activation, VirtioDevice};
 use disk::Disk;
 use file::AlignedBuf;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
@@ -159,36 +158,18 @@ fn locked_message(path: &str, readonly: bool) -> String {
     }
 }
 
-/// Request and error counters, updated by the worker and read by the API.
-#[derive(Default)]
-pub(crate) struct Counters {
-    read_ops: AtomicU64,
-    write_ops: AtomicU64,
-    read_bytes: AtomicU64,
-    write_bytes: AtomicU64,
-    flush_ops: AtomicU64,
-    discard_ops: AtomicU64,
-    write_zeroes_ops: AtomicU64,
-    errors: AtomicU64,
-    throttled: AtomicU64,
-}
-
-impl Counters {
-    fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        [
-            ("read_ops", &self.read_ops),
-            ("write_ops", &self.write_ops),
-            ("read_bytes", &self.read_bytes),
-            ("write_bytes", &self.write_bytes),
-            ("flush_ops", &self.flush_ops),
-            ("discard_ops", &self.discard_ops),
-            ("write_zeroes_ops", &self.write_zeroes_ops),
-            ("errors", &self.errors),
-            ("throttled", &self.throttled),
-        ]
-        .into_iter()
-        .map(|(name, c)| (name, c.load(Relaxed)))
-        .collect()
+crate::device::counters! {
+    /// Request and error counters, updated by the worker and read by the API.
+    pub(crate) struct Counters {
+        read_ops,
+        write_ops,
+        read_bytes,
+        write_bytes,
+        flush_ops,
+        discard_ops,
+        write_zeroes_ops,
+        errors,
+        throttled,
     }
 }
 

@@ -86,34 +86,20 @@ pub enum NetError {
     MulticastMac { tap: String, mac: String },
 }
 
-/// Packet and error counters, updated by the worker and read by the API.
-#[derive(Default)]
-pub(crate) struct Counters {
-    rx_packets: AtomicU64,
-    rx_bytes: AtomicU64,
-    tx_packets: AtomicU64,
-    tx_bytes: AtomicU64,
-    rx_dropped: AtomicU64,
-    errors: AtomicU64,
-    throttled: AtomicU64,
+crate::device::counters! {
+    /// Packet and error counters, updated by the worker and read by the API.
+    pub(crate) struct Counters {
+        rx_packets,
+        rx_bytes,
+        tx_packets,
+        tx_bytes,
+        rx_dropped,
+        errors,
+        throttled,
+    }
 }
 
 impl Counters {
-    fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        [
-            ("rx_packets", &self.rx_packets),
-            ("rx_bytes", &self.rx_bytes),
-            ("tx_packets", &self.tx_packets),
-            ("tx_bytes", &self.tx_bytes),
-            ("rx_dropped", &self.rx_dropped),
-            ("errors", &self.errors),
-            ("throttled", &self.throttled),
-        ]
-        .into_iter()
-        .map(|(name, c)| (name, c.load(Relaxed)))
-        .collect()
-    }
-
     fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Relaxed);
     }

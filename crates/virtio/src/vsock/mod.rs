@@ -25,7 +25,6 @@ use crate::{features, types, ActivateError, Activation, QueueHandle, VirtioDevic
 use host::Listener;
 use muxer::Muxer;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use vmm_sys_util::eventfd::EventFd;
 use worker::VsockWorker;
@@ -65,36 +64,21 @@ pub enum VsockError {
     },
 }
 
-/// Counters for the API, updated by the worker.
-#[derive(Default)]
-pub(crate) struct Counters {
-    /// Connections that reached the established state (either side initiated).
-    connections_opened: AtomicU64,
-    /// Established connections that ended since.
-    connections_closed: AtomicU64,
-    /// Stream bytes delivered to the guest.
-    rx_bytes: AtomicU64,
-    /// Stream bytes the guest sent on live connections.
-    tx_bytes: AtomicU64,
-    /// RSTs delivered to the guest (refusals, resets, close acknowledgements).
-    rst_sent: AtomicU64,
-    /// Malformed transmit packets dropped, and receive or event buffers unusable.
-    bad_packets: AtomicU64,
-}
-
-impl Counters {
-    fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        [
-            ("connections_opened", &self.connections_opened),
-            ("connections_closed", &self.connections_closed),
-            ("rx_bytes", &self.rx_bytes),
-            ("tx_bytes", &self.tx_bytes),
-            ("rst_sent", &self.rst_sent),
-            ("bad_packets", &self.bad_packets),
-        ]
-        .into_iter()
-        .map(|(name, c)| (name, c.load(Relaxed)))
-        .collect()
+crate::device::counters! {
+    /// Counters for the API, updated by the worker.
+    pub(crate) struct Counters {
+        /// Connections that reached the established state (either side initiated).
+        connections_opened,
+        /// Established connections that ended since.
+        connections_closed,
+        /// Stream bytes delivered to the guest.
+        rx_bytes,
+        /// Stream bytes the guest sent on live connections.
+        tx_bytes,
+        /// RSTs delivered to the guest (refusals, resets, close acknowledgements).
+        rst_sent,
+        /// Malformed transmit packets dropped, and receive or event buffers unusable.
+        bad_packets,
     }
 }
 
