@@ -66,7 +66,8 @@ struct RunArgs {
     #[arg(long)]
     api_socket: Option<PathBuf>,
     /// A virtio-blk disk (repeatable; the guest sees vda, vdb, ... in order):
-    /// `path=FILE[,format=raw|qcow2][,readonly=on][,cache=none|writeback][,iops=N][,bps=N]`.
+    /// `path=FILE[,format=raw|qcow2][,readonly=on][,cache=none|writeback][,iops=N][,bps=N]`,
+    /// or `vhost-user=SOCKET` for a disk served by a vhost-user-blk backend.
     #[arg(long, value_parser = DiskConfig::parse)]
     disk: Vec<DiskConfig>,
     /// A virtio-rng device, fed from the host's getrandom.
@@ -77,7 +78,8 @@ struct RunArgs {
     #[arg(long, value_parser = BalloonOpts::parse, num_args = 0..=1, default_missing_value = "")]
     balloon: Option<BalloonOpts>,
     /// A virtio-net device (repeatable): `tap=NAME[,mac=MAC][,bps=N][,pps=N]` (the tap is
-    /// created if it doesn't exist, and removed again when the VM ends).
+    /// created if it doesn't exist, and removed again when the VM ends), or
+    /// `vhost-user=SOCKET[,mac=MAC]` for a vhost-user-net backend.
     #[arg(long, value_parser = NetOpts::parse)]
     net: Vec<NetOpts>,
     /// A virtio-vsock device: `cid=N,socket=PATH`. Host programs connect to PATH and send

@@ -390,3 +390,60 @@ fn balloon(accel: &str) {
 fn balloon_under_the_emulator() {
     balloon("emu");
 }
+
+/// A disk served by another process over vhost-user (QEMU's qemu-storage-daemon): the guest
+/// reads what the host wrote and its writes land in the backend's image. Guest RAM is a
+/// shared memfd, which the backend maps.
+fn vhost_user_disk(accel: &str) {
+    let dir = scratch("virtio-linux", &format!("vhost-user-{accel}"));
+    let img = image(&dir.join("image"));
+    let data = dir.join("data.img");
+    raw_image(&data, 64 << 20, 1 << 20);
+    let sock = dir.join("blk.sock");
+    let _daemon = common::guest::KillOnDrop(
+        Command::new("qemu-storage-daemon")
+            .arg("--blockdev")
+            .arg(format!(
+                "driver=file,node-name=f,filename={}",
+                data.display()
+            ))
+            .arg("--export")
+            .arg(format!(
+                "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path={},writable=on",
+                sock.display()
+            ))
+            .spawn()
+            .expect("start qemu-storage-daemon (apt-get install qemu-system-x86)"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "qemu-storage-daemon made no socket"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let disk = format!("vhost-user={}", sock.display());
+    let (mut con, mut guard) = boot(&img, accel, &[OsStr::new("--disk"), OsStr::new(&disk)]);
+    con.run("dmesg -n 1");
+    assert_eq!(con.run("cat /sys/block/vda/size"), "131072");
+    assert_eq!(
+        con.run("dd if=/dev/vda bs=512 skip=2048 count=1 2>/dev/null | head -c 17"),
+        MARKER
+    );
+    con.run(
+        "echo written-through-vhost-user | dd of=/dev/vda bs=512 seek=4096 conv=fsync 2>/dev/null",
+    );
+    con.send("poweroff");
+    assert_eq!(wait_exit(&mut guard, Duration::from_secs(120)), Some(0));
+    let bytes = std::fs::read(&data).unwrap();
+    assert_eq!(
+        &bytes[2 << 20..(2 << 20) + 27],
+        b"written-through-vhost-user\n"
+    );
+}
+
+#[test]
+fn vhost_user_disk_under_the_emulator() {
+    vhost_user_disk("emu");
+}

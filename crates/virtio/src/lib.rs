@@ -20,6 +20,7 @@ pub mod net;
 pub mod rate_limiter;
 pub mod rng;
 pub mod transport;
+pub mod vhost_user;
 pub mod vsock;
 pub mod worker;
 

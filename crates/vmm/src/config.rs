@@ -23,7 +23,10 @@ pub enum ConsoleConfig {
 /// A `--disk`: a virtio-blk device over an image file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskConfig {
+    /// The image (empty for a vhost-user disk).
     pub path: PathBuf,
+    /// A vhost-user-blk backend's socket, which serves the disk instead of an image file.
+    pub vhost_user: Option<PathBuf>,
     pub format: DiskFormat,
     pub readonly: bool,
     pub cache: CacheMode,
@@ -36,16 +39,19 @@ pub struct DiskConfig {
 pub use vireo_virtio::block::{CacheMode, DiskFormat};
 
 impl DiskConfig {
-    /// Parses `path=FILE[,format=raw|qcow2][,readonly=on][,cache=none|writeback][,iops=N][,bps=N]`.
+    /// Parses `path=FILE[,format=raw|qcow2][,readonly=on][,cache=none|writeback][,iops=N][,bps=N]`
+    /// or `vhost-user=SOCKET`.
     pub fn parse(s: &str) -> Result<DiskConfig, String> {
-        let mut disk = DiskConfig {
+        let empty = DiskConfig {
             path: PathBuf::new(),
+            vhost_user: None,
             format: DiskFormat::Raw,
             readonly: false,
             cache: CacheMode::Writeback,
             iops: None,
             bps: None,
         };
+        let mut disk = empty.clone();
         for (key, value) in key_values(s, "--disk")? {
             match key {
                 "path" => disk.path = PathBuf::from(value),
@@ -71,11 +77,7 @@ impl DiskConfig {
                         .ok_or_else(|| format!("--disk {s}: {key}={value} is not a positive number"))?;
                     *(if key == "iops" { &mut disk.iops } else { &mut disk.bps }) = Some(n);
                 }
-                "vhost-user" => {
-                    return Err(format!(
-                        "--disk {s}: vhost-user disks are not supported yet; give path=FILE"
-                    ))
-                }
+                "vhost-user" => disk.vhost_user = Some(PathBuf::from(value)),
                 _ => {
                     return Err(format!(
                         "--disk {s}: unknown option {key:?}; options are path, format, readonly, cache, iops, bps"
@@ -83,8 +85,20 @@ impl DiskConfig {
                 }
             }
         }
-        if disk.path.as_os_str().is_empty() {
-            return Err(format!("--disk {s}: give the image as path=FILE"));
+        if disk.vhost_user.is_some() {
+            let only_socket = DiskConfig {
+                vhost_user: disk.vhost_user.clone(),
+                ..empty
+            };
+            if disk != only_socket {
+                return Err(format!(
+                    "--disk {s}: a vhost-user backend owns the image: give only vhost-user=SOCKET (path, format, readonly, cache, iops and bps are the backend's)"
+                ));
+            }
+        } else if disk.path.as_os_str().is_empty() {
+            return Err(format!(
+                "--disk {s}: give the image as path=FILE (or a backend as vhost-user=SOCKET)"
+            ));
         }
         Ok(disk)
     }
@@ -488,6 +502,10 @@ mod tests {
         assert!(d.readonly);
         assert_eq!(d.cache, CacheMode::None);
         assert_eq!((d.iops, d.bps), (Some(100), Some(10 << 20)));
+        let d = DiskConfig::parse("vhost-user=/tmp/blk.sock").unwrap();
+        assert_eq!(d.vhost_user, Some(PathBuf::from("/tmp/blk.sock")));
+        assert!(DiskConfig::parse("vhost-user=/s,readonly=on").is_err());
+        assert!(DiskConfig::parse("vhost-user=/s,path=/x").is_err());
         let d = DiskConfig::parse("/y.img").unwrap();
         assert_eq!((d.path.to_str(), d.readonly), (Some("/y.img"), false));
         for bad in [

@@ -15,6 +15,7 @@ use vireo_virtio::console::{Console, ConsoleInput};
 use vireo_virtio::net::{Net, NetConfig};
 use vireo_virtio::rng::Rng;
 use vireo_virtio::transport::{VirtioPci, BAR0_SIZE};
+use vireo_virtio::vhost_user::{VhostUserBlk, VhostUserNet};
 use vireo_virtio::vsock::{Vsock, VsockConfig};
 use vireo_virtio::VirtioDevice;
 
@@ -73,6 +74,14 @@ pub fn attach(
         wanted.push(("console0".into(), Box::new(console)));
     }
     for (i, d) in cfg.disks.iter().enumerate() {
+        let id = format!("disk{i}");
+        if let Some(socket) = &d.vhost_user {
+            let disk = VhostUserBlk::new(socket).map_err(|e| {
+                VmError::Device(format!("--disk vhost-user={}: {e}", socket.display()))
+            })?;
+            wanted.push((id, Box::new(disk)));
+            continue;
+        }
         let block = Block::new(BlockConfig {
             path: d.path.clone(),
             format: d.format,
@@ -83,7 +92,7 @@ pub fn attach(
             id: format!("vireo-disk{i}"),
         })
         .map_err(|e| VmError::Device(format!("--disk {}: {e}", d.path.display())))?;
-        wanted.push((format!("disk{i}"), Box::new(block)));
+        wanted.push((id, Box::new(block)));
     }
     for (i, n) in cfg.nets.iter().enumerate() {
         let id = format!("net{i}");
@@ -98,11 +107,11 @@ pub fn attach(
                 .map_err(|e| VmError::Device(format!("--net tap={tap}: {e}")))?;
                 wanted.push((id, Box::new(net)));
             }
-            NetBackend::VhostUser(path) => {
-                return Err(VmError::Device(format!(
-                    "--net vhost-user={}: vhost-user network backends are not supported yet; use tap=NAME",
-                    path.display()
-                )))
+            NetBackend::VhostUser(socket) => {
+                let net = VhostUserNet::new(socket, n.mac).map_err(|e| {
+                    VmError::Device(format!("--net vhost-user={}: {e}", socket.display()))
+                })?;
+                wanted.push((id, Box::new(net)));
             }
         }
     }
