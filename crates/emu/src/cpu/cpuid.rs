@@ -43,6 +43,8 @@ const EDX7_IBRS_IBPB: u32 = 1 << 26;
 const EDX7_STIBP: u32 = 1 << 27;
 const EDX7_ARCH_CAPABILITIES: u32 = 1 << 29;
 const EDX7_SSBD: u32 = 1 << 31;
+// Leaf 7 subleaf 2.
+const EDX72_BHI_CTRL: u32 = 1 << 4;
 // Leaf 0x80000001.
 const ECX81_LAHF_LM: u32 = 1 << 0;
 const ECX81_ABM: u32 = 1 << 5;
@@ -153,11 +155,15 @@ pub fn supported() -> Vec<CpuidEntry> {
         subleaf(
             7,
             0,
-            0,
+            2, // the highest subleaf
             EBX7_FSGSBASE | EBX7_ERMS,
             0,
             EDX7_IBRS_IBPB | EDX7_STIBP | EDX7_ARCH_CAPABILITIES | EDX7_SSBD,
         ),
+        subleaf(7, 1, 0, 0, 0, 0),
+        // BHI_DIS_S in IA32_SPEC_CTRL: a guest that sees a hypervisor assumes Branch History
+        // Injection and otherwise clears the branch history in software on every syscall.
+        subleaf(7, 2, 0, 0, 0, EDX72_BHI_CTRL),
         leaf(0xa, 0, 0, 0, 0),
         // A 1 GHz crystal with a 1:1 ratio: the TSC runs at TSC_HZ.
         leaf(0x15, 1, 1, super::TSC_HZ as u32, 0),

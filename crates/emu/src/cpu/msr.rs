@@ -48,7 +48,9 @@ pub const ARCH_CAPABILITIES: u64 = (1 << 0) // RDCL_NO
     | (1 << 20) // BHI_NO
     | (1 << 24) // PBRSB_NO
     | (1 << 26) // GDS_NO
-    | (1 << 27); // RFDS_NO
+    | (1 << 27) // RFDS_NO
+    | (1 << 62); // ITS_NO: without it a guest assumes it may run on an affected host and
+                 // sends every kernel `ret` through a return thunk
 
 /// The power-on PAT (WB, WT, UC-, UC, repeated).
 const PAT_DEFAULT: u64 = 0x0007_0406_0007_0406;
@@ -178,8 +180,8 @@ impl Cpu {
             // Microcode update signature: Linux writes 0 before reading it back.
             IA32_BIOS_SIGN_ID => {}
             IA32_SPEC_CTRL => {
-                // IBRS, STIBP, SSBD.
-                if value & !7 != 0 {
+                // IBRS, STIBP, SSBD, BHI_DIS_S.
+                if value & !0x407 != 0 {
                     return gp;
                 }
                 m.spec_ctrl = value;
