@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::guest::{extract_vmlinux, image, workspace, Console, KillOnDrop};
+use common::guest::{extract_vmlinux, guest_tool, image, workspace, Console, KillOnDrop};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,20 +41,26 @@ const OUTER_INIT: &str = r#"#!/bin/sh
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for m in irqbypass kvm kvm-amd; do insmod /nested/$m.ko || echo "OUTER: insmod $m failed"; done
+for m in irqbypass kvm kvm-amd tun; do insmod /nested/$m.ko || echo "OUTER: insmod $m failed"; done
 [ -c /dev/kvm ] && echo "OUTER: /dev/kvm ready"
-# The 2-vCPU run also gets a virtio disk and entropy source (MSI-X under KVM).
+# The 2-vCPU run also gets every kind of virtio device (MSI-X and ioeventfds under KVM): a
+# disk, entropy, a network card on a tap that this outer machine addresses, a vsock whose
+# guest-initiated connection reaches a Unix socket here, and a balloon inflated at boot.
 dd if=/dev/zero of=/disk.img bs=1M count=32 2>/dev/null
-for run in "vmlinuz 1" "vmlinuz 2 --disk path=/disk.img --rng" "vmlinux 1"; do
+(for i in $(seq 600); do ip link show vt0 >/dev/null 2>&1 && break; sleep 0.1; done
+ ip addr add 10.0.9.1/24 dev vt0 && ip link set vt0 up) &
+/nested/vsock uds-reply /v.sock_5000 > /vsock.out &
+for run in "vmlinuz 1 inner" "vmlinuz 2 inner-tools --disk path=/disk.img --rng --net tap=vt0 --vsock cid=5,socket=/v.sock --balloon size=64M" "vmlinux 1 inner"; do
   set -- $run
-  kernel=$1 cpus=$2
-  shift 2
+  kernel=$1 cpus=$2 initrd=$3
+  shift 3
   echo "OUTER: booting inner guest $kernel with $cpus vCPUs"
   /nested/vireo run --accel kvm --cpus $cpus --memory 256M "$@" \
-      --kernel /nested/$kernel --initrd /nested/inner.cpio.gz \
+      --kernel /nested/$kernel --initrd /nested/$initrd.cpio.gz \
       --cmdline "console=ttyS0 reboot=k panic=-1"
   echo "OUTER: VIREO_EXIT=$?"
 done
+echo "OUTER: VSOCK=$(cat /vsock.out)"
 echo "OUTER: DISK=$(head -c 16 /disk.img)"
 
 # Graceful shutdown through the API: the ACPI power button, which the guest's acpid turns
@@ -93,15 +99,22 @@ fn linux_boots_under_nested_kvm_with_1_and_2_vcpus() {
         &std::fs::read(&img.kernel).unwrap(),
     );
     overlay.add_file("nested/vmlinux", 0o644, &extract_vmlinux(&img.kernel));
-    overlay.add_file(
-        "nested/inner.cpio.gz",
-        0o644,
-        &std::fs::read(&img.initrd).unwrap(),
-    );
+    let inner = std::fs::read(&img.initrd).unwrap();
+    overlay.add_file("nested/inner.cpio.gz", 0o644, &inner);
+    // The inner guest that gets the virtio devices also gets the vsock tool (Linux unpacks
+    // concatenated archives in order).
+    let vsock_tool = std::fs::read(guest_tool(&dir, "vsock")).unwrap();
+    let mut tools = Archive::new();
+    tools.add_file("bin/vsock", 0o755, &vsock_tool);
+    let mut inner_tools = inner.clone();
+    inner_tools.extend_from_slice(&tools.finish_gzip());
+    overlay.add_file("nested/inner-tools.cpio.gz", 0o644, &inner_tools);
+    overlay.add_file("nested/vsock", 0o755, &vsock_tool);
     for (name, rel) in [
         ("irqbypass", "kernel/virt/lib/irqbypass.ko"),
         ("kvm", "kernel/arch/x86/kvm/kvm.ko"),
         ("kvm-amd", "kernel/arch/x86/kvm/kvm-amd.ko"),
+        ("tun", "kernel/drivers/net/tun.ko"),
     ] {
         let data = vireo_image::modules::read_module(&img.modules_dir.join(rel))
             .unwrap_or_else(|e| panic!("module {rel}: {e}"));
@@ -195,6 +208,22 @@ fn linux_boots_under_nested_kvm_with_1_and_2_vcpus() {
                 .run("grep -c virtio /proc/interrupts")
                 .parse::<u32>()
                 .is_ok_and(|n| n >= 2));
+            // The network card on the outer machine's tap.
+            let ping = con.run(
+                "ip link set eth0 up && ip addr add 10.0.9.2/24 dev eth0 && ping -c 2 -W 10 10.0.9.1 | grep received",
+            );
+            assert!(ping.contains("2 packets received"), "{ping}");
+            // vsock: CID 2 port 5000 is the outer machine's /v.sock_5000.
+            assert_eq!(
+                con.run("vsock connect 2 5000 hello-nested"),
+                "reply:hello-nested"
+            );
+            // The balloon took 64 MiB at boot: MemTotal is below 256 - 64 MiB.
+            let total: u64 = con
+                .run("awk '/MemTotal/ {print $2}' /proc/meminfo")
+                .parse()
+                .unwrap();
+            assert!(total < 192 * 1024, "MemTotal {total} KiB");
             // Both CPUs take interrupts: the scheduler really uses the second one.
             let out = con.run("grep -E '^ *LOC:' /proc/interrupts");
             let counts: Vec<u64> = out
@@ -213,6 +242,7 @@ fn linux_boots_under_nested_kvm_with_1_and_2_vcpus() {
         let status = con.expect("\n", Duration::from_secs(5));
         assert_eq!(status.trim(), "0", "vireo run must end with status 0");
     }
+    con.expect("OUTER: VSOCK=uds got hello-nested", Duration::from_secs(30));
     con.expect("OUTER: DISK=nested-disk-data", Duration::from_secs(30));
     con.expect("OUTER: API says Running", Duration::from_secs(240));
     con.expect("OUTER: power button pressed", Duration::from_secs(30));

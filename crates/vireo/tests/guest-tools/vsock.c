@@ -1,12 +1,16 @@
 /* A guest-side AF_VSOCK tool for the tests (busybox has none), built static by the test:
  *   vsock listen PORT          accept one connection and echo it back until EOF
  *   vsock connect CID PORT MSG send MSG, half-close, print what comes back
+ *   vsock uds-reply PATH       the host side of a guest connection: listen on the Unix
+ *                              socket PATH, read one connection to EOF, answer "reply:"
+ *                              and what it read, print what it read
  */
 #include <linux/vm_sockets.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 static int fail(const char *what) {
@@ -14,10 +18,34 @@ static int fail(const char *what) {
     return 1;
 }
 
+static int uds_reply(const char *path) {
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    char buf[4096];
+    ssize_t n, got = 0;
+    int s = socket(AF_UNIX, SOCK_STREAM, 0);
+    strncpy(addr.sun_path, path, sizeof addr.sun_path - 1);
+    if (s < 0 || bind(s, (struct sockaddr *)&addr, sizeof addr) || listen(s, 1))
+        return fail("uds bind/listen");
+    int c = accept(s, NULL, NULL);
+    if (c < 0)
+        return fail("uds accept");
+    while (got < (ssize_t)sizeof buf - 1 && (n = read(c, buf + got, sizeof buf - 1 - got)) > 0)
+        got += n;
+    buf[got] = 0;
+    if (write(c, "reply:", 6) != 6 || write(c, buf, got) != got)
+        return fail("uds write");
+    close(c);
+    printf("uds got %s\n", buf);
+    fflush(stdout);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     struct sockaddr_vm addr = {.svm_family = AF_VSOCK};
     char buf[65536];
     ssize_t n;
+    if (argc == 3 && strcmp(argv[1], "uds-reply") == 0)
+        return uds_reply(argv[2]);
     int s = socket(AF_VSOCK, SOCK_STREAM, 0);
     if (s < 0)
         return fail("socket");
@@ -59,6 +87,6 @@ int main(int argc, char **argv) {
         putchar('\n');
         return 0;
     }
-    fprintf(stderr, "usage: vsock listen PORT | vsock connect CID PORT MSG\n");
+    fprintf(stderr, "usage: vsock listen PORT | vsock connect CID PORT MSG | vsock uds-reply PATH\n");
     return 2;
 }
