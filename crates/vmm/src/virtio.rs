@@ -54,8 +54,7 @@ pub struct Attached {
     pub balloon: Option<BalloonControl>,
 }
 
-/// Creates the devices `cfg` asks for, in a fixed order (console, disks, nets, rng, balloon, vsock) so that the guest
-/// sees the same PCI addresses on every boot.
+/// Creates the devices `cfg` asks for and plugs each into PCI bus 0 and the MMIO bus.
 pub fn attach(
     cfg: &VmConfig,
     vm: &Arc<dyn Vm>,
@@ -63,6 +62,61 @@ pub fn attach(
     pci: &Arc<Mutex<PciRoot>>,
     mmio: &mut Bus,
 ) -> Result<Attached, VmError> {
+    let (wanted, console_input, balloon) = create(cfg, mem)?;
+    let msi: Arc<dyn MsiSink> = Arc::new(MsiToVm(vm.clone()));
+    let mut next = layout::PCI_MMIO32_START;
+    let mut devices = Vec::new();
+    for (id, device) in wanted {
+        let bar = next.next_multiple_of(BAR0_SIZE);
+        next = bar + BAR0_SIZE;
+        if next > layout::PCI_MMIO32_START + layout::PCI_MMIO32_SIZE {
+            return Err(VmError::Device(format!(
+                "{id}: no room left in the PCI memory window; attach fewer devices"
+            )));
+        }
+        let function = VirtioPci::new(device, mem.clone(), msi.clone(), vm.guest_writes(), bar)
+            .map_err(|e| VmError::Device(format!("{id}: {e}")))?;
+        // Queue notifications go straight from KVM to the device's worker, without a trip
+        // through the vCPU thread and the bus.
+        for q in 0..function.num_queues() {
+            if let (Some(addr), Some(fd)) = (function.notify_address(q), function.notify_eventfd(q))
+            {
+                vm.register_ioevent(addr, fd)
+                    .map_err(|e| VmError::Device(format!("{id}: queue {q} notification: {e}")))?;
+            }
+        }
+        let function = Arc::new(Mutex::new(function));
+        let pci_slot = pci
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add_device(function.clone())
+            .map_err(|e| VmError::Device(format!("{id}: {e}")))?;
+        mmio.insert(bar, BAR0_SIZE, function.clone())
+            .map_err(|e| VmError::Device(format!("{id}: {e}")))?;
+        tracing::info!(device = %id, slot = pci_slot, bar = format_args!("{bar:#x}"), "virtio-pci device attached");
+        devices.push(AttachedDevice {
+            id,
+            pci_slot,
+            function,
+        });
+    }
+    Ok(Attached {
+        devices,
+        console_input,
+        balloon,
+    })
+}
+
+type Created = (
+    Vec<(String, Box<dyn VirtioDevice>)>,
+    Option<Arc<ConsoleInput>>,
+    Option<BalloonControl>,
+);
+
+/// The device models, in a fixed order (console, disks, nets, rng, balloon, vsock) so that the
+/// guest sees the same PCI addresses on every boot. Any error (a missing image, a busy tap)
+/// comes before anything is plugged in, and drops what was created so far.
+fn create(cfg: &VmConfig, mem: &GuestMemory) -> Result<Created, VmError> {
     let mut wanted: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
     let mut console_input = None;
     if cfg.console == ConsoleConfig::Virtio {
@@ -142,46 +196,5 @@ pub fn attach(
         wanted.push(("vsock0".into(), Box::new(vsock)));
     }
 
-    let msi: Arc<dyn MsiSink> = Arc::new(MsiToVm(vm.clone()));
-    let mut next = layout::PCI_MMIO32_START;
-    let mut attached = Vec::new();
-    for (id, device) in wanted {
-        let bar = next.next_multiple_of(BAR0_SIZE);
-        next = bar + BAR0_SIZE;
-        if next > layout::PCI_MMIO32_START + layout::PCI_MMIO32_SIZE {
-            return Err(VmError::Device(format!(
-                "{id}: no room left in the PCI memory window; attach fewer devices"
-            )));
-        }
-        let function = VirtioPci::new(device, mem.clone(), msi.clone(), vm.guest_writes(), bar)
-            .map_err(|e| VmError::Device(format!("{id}: {e}")))?;
-        // Queue notifications go straight from KVM to the device's worker, without a trip
-        // through the vCPU thread and the bus.
-        for q in 0..function.num_queues() {
-            if let (Some(addr), Some(fd)) = (function.notify_address(q), function.notify_eventfd(q))
-            {
-                vm.register_ioevent(addr, fd)
-                    .map_err(|e| VmError::Device(format!("{id}: queue {q} notification: {e}")))?;
-            }
-        }
-        let function = Arc::new(Mutex::new(function));
-        let pci_slot = pci
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .add_device(function.clone())
-            .map_err(|e| VmError::Device(format!("{id}: {e}")))?;
-        mmio.insert(bar, BAR0_SIZE, function.clone())
-            .map_err(|e| VmError::Device(format!("{id}: {e}")))?;
-        tracing::info!(device = %id, slot = pci_slot, bar = format_args!("{bar:#x}"), "virtio-pci device attached");
-        attached.push(AttachedDevice {
-            id,
-            pci_slot,
-            function,
-        });
-    }
-    Ok(Attached {
-        devices: attached,
-        console_input,
-        balloon,
-    })
+    Ok((wanted, console_input, balloon))
 }
