@@ -343,3 +343,25 @@ fn unusable_devices_are_refused() {
     let pci = make(&[16; MAX_QUEUES], BAR0).unwrap();
     assert_eq!(pci.num_queues() as usize, MAX_QUEUES);
 }
+
+#[test]
+fn a_queue_the_driver_left_disabled_is_never_served() {
+    let mut d = Driver::probe(FakeDevice::new(&[16, 16]));
+    assert!(d.negotiate(VERSION_1));
+    let mem = d.mem.clone();
+    let r0 = rings(&mem, RING0, 16);
+    d.setup_queue(0, 16, r0, 1);
+    d.enable_queue(0);
+    // Queue 1 gets rings but is never enabled.
+    let r1 = rings(&mem, RING0 + 0x1_0000, 16);
+    d.setup_queue(1, 16, r1, 2);
+    d.add_status(STATUS_DRIVER_OK);
+    assert!(d.pci.is_active());
+    let act = d.seen.lock().unwrap().act.take().unwrap();
+    let given: Vec<u16> = act.queues.iter().map(|q| q.index).collect();
+    assert_eq!(given, vec![0], "only the enabled queue reaches the device");
+    // Notifying the disabled queue wakes nothing the device holds.
+    let _ = act.queues[0].notify.read();
+    d.kick(1);
+    assert!(act.queues[0].notify.read().is_err());
+}
