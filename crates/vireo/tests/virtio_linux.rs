@@ -450,3 +450,37 @@ fn vhost_user_disk(accel: &str) {
 fn vhost_user_disk_under_the_emulator() {
     vhost_user_disk("emu");
 }
+
+/// A guest that doesn't use MSI-X (`pci=nomsi`) gets the disk's interrupts on INTA#, through
+/// the IOAPIC pin the ACPI `_PRT` names.
+fn disk_with_intx(accel: &str) {
+    let dir = scratch("virtio-linux", &format!("intx-{accel}"));
+    let img = image(&dir.join("image"));
+    let data = dir.join("data.img");
+    raw_image(&data, 16 << 20, 1 << 20);
+    let disk = format!("path={}", data.display());
+    let (mut con, mut guard) = boot(
+        &img,
+        accel,
+        &[
+            OsStr::new("--disk"),
+            OsStr::new(&disk),
+            OsStr::new("--cmdline"),
+            OsStr::new("console=ttyS0 reboot=k panic=-1 pci=nomsi"),
+        ],
+    );
+    con.run("dmesg -n 1");
+    assert_eq!(
+        con.run("dd if=/dev/vda bs=512 skip=2048 count=1 2>/dev/null | head -c 17"),
+        MARKER
+    );
+    let irqs = con.run("grep virtio /proc/interrupts");
+    assert!(irqs.contains("IO-APIC") && !irqs.contains("MSI"), "{irqs}");
+    con.send("poweroff");
+    assert_eq!(wait_exit(&mut guard, Duration::from_secs(120)), Some(0));
+}
+
+#[test]
+fn disk_with_intx_under_the_emulator() {
+    disk_with_intx("emu");
+}

@@ -7,7 +7,7 @@ use crate::vm::VmError;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vireo_arch::layout;
-use vireo_devices::{pci::PciRoot, Bus, MsiSink};
+use vireo_devices::{pci::PciRoot, Bus, IrqLine, MsiSink};
 use vireo_hypervisor::Vm;
 use vireo_virtio::balloon::{Balloon, BalloonConfig, BalloonControl};
 use vireo_virtio::block::{Block, BlockConfig};
@@ -54,13 +54,15 @@ pub struct Attached {
     pub balloon: Option<BalloonControl>,
 }
 
-/// Creates the devices `cfg` asks for and plugs each into PCI bus 0 and the MMIO bus.
+/// Creates the devices `cfg` asks for and plugs each into PCI bus 0 and the MMIO bus; `line`
+/// gives the interrupt line of a GSI, for the functions' INTA#.
 pub fn attach(
     cfg: &VmConfig,
     vm: &Arc<dyn Vm>,
     mem: &GuestMemory,
     pci: &Arc<Mutex<PciRoot>>,
     mmio: &mut Bus,
+    line: &dyn Fn(u32) -> Arc<dyn IrqLine>,
 ) -> Result<Attached, VmError> {
     let (wanted, console_input, balloon) = create(cfg, mem)?;
     let msi: Arc<dyn MsiSink> = Arc::new(MsiToVm(vm.clone()));
@@ -93,6 +95,11 @@ pub fn attach(
             .map_err(|e| VmError::Device(format!("{id}: {e}")))?;
         mmio.insert(bar, BAR0_SIZE, function.clone())
             .map_err(|e| VmError::Device(format!("{id}: {e}")))?;
+        // INTA# as the DSDT's _PRT routes it, for guests without MSI-X (`pci=nomsi`).
+        function
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_intx(line(vireo_arch::acpi::pci_irq_gsi(pci_slot, 0)));
         tracing::info!(device = %id, slot = pci_slot, bar = format_args!("{bar:#x}"), "virtio-pci device attached");
         devices.push(AttachedDevice {
             id,

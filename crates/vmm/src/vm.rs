@@ -190,7 +190,14 @@ pub fn run_vm(cfg: VmConfig) -> Result<VmOutcome, VmError> {
         })
     };
     let mut platform = crate::platform::Platform::new(&cfg, &exit, &line)?;
-    let attached = crate::virtio::attach(&cfg, &vm, &mem, &platform.pci, &mut platform.buses.mmio)?;
+    let attached = crate::virtio::attach(
+        &cfg,
+        &vm,
+        &mem,
+        &platform.pci,
+        &mut platform.buses.mmio,
+        &line,
+    )?;
 
     let input = match attached.console_input {
         Some(c) => console::InputTarget::Virtio(c),

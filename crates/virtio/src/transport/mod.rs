@@ -193,6 +193,13 @@ impl VirtioPci {
         self.notify.get(usize::from(queue))
     }
 
+    /// Wires the function's INTA# to `line` (the IOAPIC input the ACPI `_PRT` gives its
+    /// slot), for drivers that don't use MSI-X.
+    pub fn set_intx(&mut self, line: Arc<dyn vireo_devices::IrqLine>) {
+        self.config.set_interrupt_pin(1);
+        lock(&self.irq).set_intx(line);
+    }
+
     /// Whether the driver set DRIVER_OK and the device is running.
     pub fn is_active(&self) -> bool {
         self.active
@@ -210,7 +217,7 @@ impl VirtioPci {
             // acknowledges the interrupt. Its other bytes read 0.
             ISR_OFFSET if off == 0 => {
                 if let Some(b) = data.first_mut() {
-                    *b = std::mem::take(&mut lock(&self.irq).isr);
+                    *b = lock(&self.irq).take_isr();
                 }
             }
             DEVICE_CFG_OFFSET => self.device.read_config(off, data),

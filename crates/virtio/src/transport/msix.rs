@@ -8,7 +8,7 @@
 use super::{lock, NO_VECTOR};
 use crate::device::Interrupt;
 use std::sync::{Arc, Mutex};
-use vireo_devices::MsiSink;
+use vireo_devices::{IrqLine, MsiSink};
 
 /// Bytes per MSI-X table entry: address low, address high, data, vector control.
 const ENTRY_SIZE: u64 = 16;
@@ -48,7 +48,10 @@ pub(super) struct IrqState {
     enabled: bool,
     function_masked: bool,
     /// ISR status: read (and cleared) through BAR 0.
-    pub(super) isr: u8,
+    isr: u8,
+    /// The function's INTx line (INTA# routed to an IOAPIC pin), used while MSI-X is off:
+    /// asserted with the ISR, deasserted when the driver reads it.
+    intx: Option<Arc<dyn IrqLine>>,
     pub(super) config_vector: u16,
     pub(super) queue_vectors: Vec<u16>,
     pub(super) config_generation: u8,
@@ -66,6 +69,7 @@ impl IrqState {
             enabled: false,
             function_masked: false,
             isr: 0,
+            intx: None,
             config_vector: NO_VECTOR,
             queue_vectors: vec![NO_VECTOR; queues],
             config_generation: 0,
@@ -87,10 +91,25 @@ impl IrqState {
     /// Forgets the vector assignments and the ISR: a device reset. The table belongs to the
     /// PCI function and survives.
     pub(super) fn reset(&mut self) {
-        self.isr = 0;
+        self.take_isr();
         self.config_vector = NO_VECTOR;
         self.queue_vectors.fill(NO_VECTOR);
         self.epoch = self.epoch.wrapping_add(1);
+    }
+
+    pub(super) fn set_intx(&mut self, line: Arc<dyn IrqLine>) {
+        self.intx = Some(line);
+    }
+
+    /// Reads and clears the ISR, which acknowledges an INTx interrupt.
+    pub(super) fn take_isr(&mut self) -> u8 {
+        let isr = std::mem::take(&mut self.isr);
+        if isr != 0 {
+            if let Some(line) = &self.intx {
+                line.set_level(false);
+            }
+        }
+        isr
     }
 
     fn pending(&self, v: usize) -> bool {
@@ -158,12 +177,16 @@ impl IrqState {
             }
         };
         if !self.enabled {
-            if !self.warned_disabled {
-                self.warned_disabled = true;
-                tracing::warn!(
-                    "virtio-pci: interrupt with MSI-X disabled; INTx is not wired, only the ISR \
-                     is set"
-                );
+            match &self.intx {
+                Some(line) => line.set_level(true),
+                None if !self.warned_disabled => {
+                    self.warned_disabled = true;
+                    tracing::warn!(
+                        "virtio-pci: interrupt with MSI-X disabled and no INTx line; only the \
+                         ISR is set"
+                    );
+                }
+                None => {}
             }
             return None;
         }

@@ -171,3 +171,36 @@ fn worker_interrupts_race_table_writes_and_resets() {
     t.join().unwrap();
     assert!(delivered > 0);
 }
+
+/// An interrupt line that remembers its level.
+#[derive(Default)]
+struct Line(std::sync::atomic::AtomicBool);
+
+impl vireo_devices::IrqLine for Line {
+    fn set_level(&self, high: bool) {
+        self.0.store(high, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn without_msix_interrupts_go_to_the_intx_line_until_the_isr_is_read() {
+    let mut d = Driver::probe(FakeDevice::new(&[16]));
+    let line = Arc::new(Line::default());
+    d.pci.set_intx(line.clone());
+    // The configuration space now says INTA#.
+    assert_eq!((cfg_read(&mut d.pci, 0x3c, 4) >> 8) & 0xff, 1);
+    let act = bring_up(&mut d, &[]);
+    d.msix_control(false, false);
+    let high = || line.0.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(!high());
+    act.interrupt.queue(0);
+    assert!(high(), "asserted with the ISR");
+    assert!(d.msi.take().is_empty());
+    assert_eq!(d.read(d.isr.offset, 1), 1);
+    assert!(!high(), "reading the ISR deasserts it");
+    // With MSI-X on, the line stays quiet.
+    d.msix_control(true, false);
+    act.interrupt.queue(0);
+    assert!(!high());
+    assert_eq!(d.msi.take().len(), 1);
+}
