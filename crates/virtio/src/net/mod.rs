@@ -205,7 +205,7 @@ impl Net {
 
 /// `struct virtio_net_config` (virtio 1.2, 5.1.4) up to `mtu`: the MAC, link up, one queue
 /// pair, and no MTU (F_MTU is not offered).
-fn config_space(mac: &[u8; 6]) -> Vec<u8> {
+pub(crate) fn config_space(mac: &[u8; 6]) -> Vec<u8> {
     let mut c = mac.to_vec();
     c.extend_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
     c.extend_from_slice(&1u16.to_le_bytes());
@@ -214,7 +214,7 @@ fn config_space(mac: &[u8; 6]) -> Vec<u8> {
 }
 
 /// 52:54:00 (the prefix QEMU uses, locally administered) and three random bytes.
-fn random_mac() -> [u8; 6] {
+pub(crate) fn random_mac() -> [u8; 6] {
     let mut low = [0u8; 3];
     // SAFETY: getrandom writes at most low.len() bytes into low, which we own.
     let n = unsafe { libc::getrandom(low.as_mut_ptr().cast(), low.len(), 0) };

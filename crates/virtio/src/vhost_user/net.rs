@@ -6,6 +6,7 @@
 use super::frontend::UserDevice;
 use super::{VhostUserError, REPLY_TIMEOUT};
 use crate::device::read_config_bytes;
+use crate::net::{config_space, random_mac};
 use crate::{features, types, ActivateError, Activation, VirtioDevice};
 use std::path::Path;
 use std::time::Duration;
@@ -102,28 +103,6 @@ fn backend_mac(dev: &mut UserDevice) -> Result<Option<[u8; 6]>, VhostUserError> 
         return Ok(None);
     }
     Ok(Some(mac))
-}
-
-/// `struct virtio_net_config` up to `mtu`: the MAC, link up, one queue pair, no MTU.
-fn config_space(mac: &[u8; 6]) -> Vec<u8> {
-    let mut c = mac.to_vec();
-    c.extend_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
-    c.extend_from_slice(&1u16.to_le_bytes());
-    c.extend_from_slice(&0u16.to_le_bytes());
-    c
-}
-
-/// 52:54:00 (QEMU's locally administered prefix) and three random bytes.
-fn random_mac() -> [u8; 6] {
-    let mut low = [0u8; 3];
-    // SAFETY: getrandom writes at most low.len() bytes into low, which we own.
-    let n = unsafe { libc::getrandom(low.as_mut_ptr().cast(), low.len(), 0) };
-    if n != low.len() as isize {
-        // No entropy at all is implausible; the pid still tells VMs apart on one host.
-        let pid = std::process::id().to_le_bytes();
-        low.copy_from_slice(&pid[..3]);
-    }
-    [0x52, 0x54, 0x00, low[0], low[1], low[2]]
 }
 
 fn format_mac(mac: &[u8; 6]) -> String {
