@@ -21,7 +21,11 @@ struct Netns(String);
 
 impl Netns {
     fn new(name: &str) -> Netns {
-        let _ = Command::new("ip").args(["netns", "del", name]).status();
+        // A namespace left by a killed earlier run of this test.
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(Stdio::null())
+            .status();
         let ok = Command::new("ip")
             .args(["netns", "add", name])
             .status()
