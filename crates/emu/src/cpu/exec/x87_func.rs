@@ -144,17 +144,23 @@ fn scale80(v: u128, n: i64, rm: Round) -> (u128, u16) {
     (r, fl)
 }
 
+/// ST(0) is empty for an instruction that replaces it and pushes a second result (FXTRACT,
+/// FPTAN, FSINCOS): both become the indefinite NaN if #IA is masked.
+fn underflow_two_results(cpu: &mut Cpu) {
+    if underflow(cpu) {
+        cpu.fpu.set_st(0, F80_INDEFINITE);
+        push(cpu, F80_INDEFINITE);
+        // Underflow wins over an overflow of the push: C1 = 0.
+        cpu.fpu.fsw &= !sw::C1;
+    }
+}
+
 /// FXTRACT: ST(0) = exponent, then push the significand (in [1, 2)).
 fn fxtract(cpu: &mut Cpu, ins: &Instruction) -> R {
     check(cpu)?;
     note(cpu, ins);
     let Some(v) = get(cpu, 0) else {
-        if underflow(cpu) {
-            cpu.fpu.set_st(0, F80_INDEFINITE);
-            push(cpu, F80_INDEFINITE);
-            // Underflow wins over an overflow of the push: C1 = 0.
-            cpu.fpu.fsw &= !sw::C1;
-        }
+        underflow_two_results(cpu);
         return Ok(());
     };
     if !cpu.fpu.is_empty(7) {
@@ -382,12 +388,7 @@ fn fptan(cpu: &mut Cpu, ins: &Instruction) -> R {
     check(cpu)?;
     note(cpu, ins);
     let Some(v) = get(cpu, 0) else {
-        if underflow(cpu) {
-            cpu.fpu.set_st(0, F80_INDEFINITE);
-            push(cpu, F80_INDEFINITE);
-            // Underflow wins over an overflow of the push: C1 = 0.
-            cpu.fpu.fsw &= !sw::C1;
-        }
+        underflow_two_results(cpu);
         return Ok(());
     };
     cpu.fpu.fsw &= !(sw::C1 | sw::C2);
