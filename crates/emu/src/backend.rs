@@ -57,7 +57,7 @@ impl Hypervisor for EmuHypervisor {
         let waker = Arc::new(Waker::new());
         Ok(Box::new(EmuVm {
             regions: Mutex::new(Vec::new()),
-            device_writes: Default::default(),
+            device_writes: Arc::new(DeviceWrites::new(waker.clone())),
             chip: Arc::new(Mutex::new(IrqChip::new(clock.clone(), waker.clone()))),
             clock,
             waker,

@@ -90,6 +90,12 @@ impl TestMachine {
         self.cpu.flush_code();
     }
 
+    /// Writes guest RAM behind the CPU's back, as a device's DMA does: decoded code is kept.
+    pub fn write_behind(&mut self, addr: u64, bytes: &[u8]) {
+        let a = addr as usize;
+        self.ram[a..a + bytes.len()].copy_from_slice(bytes);
+    }
+
     pub fn ram(&self) -> &[u8] {
         &self.ram
     }

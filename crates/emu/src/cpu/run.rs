@@ -15,7 +15,10 @@ use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, FlowControl, Instruc
 use rustc_hash::FxHashMap;
 use std::cell::Cell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool,
+    Ordering::{Acquire, Relaxed},
+};
 
 /// Longest block, so that interrupts and budgets are checked often enough.
 const MAX_BLOCK: usize = 64;
@@ -128,9 +131,13 @@ impl Cpu {
             if kick.load(Relaxed) {
                 return Stop::Kicked;
             }
-            if attention.load(Relaxed) {
+            // Acquire: a device sets its write log's flag before this one (cpu/dma.rs).
+            if attention.load(Acquire) {
                 attention.store(false, Relaxed);
                 irq_waiting = true;
+                if self.device_writes.pending() {
+                    self.apply_device_writes();
+                }
             }
             // While IF is clear a waiting interrupt stays waiting: POPF, IRET or STI may set
             // IF again without any notification.
@@ -163,9 +170,6 @@ impl Cpu {
             };
             if self.int_shadow {
                 irq_waiting = true;
-            }
-            if self.device_writes.pending() {
-                self.apply_device_writes();
             }
             let icount = self.icount;
             match self.exec_block(limit) {
