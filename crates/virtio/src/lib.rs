@@ -19,6 +19,8 @@ pub mod device;
 pub mod net;
 pub mod rate_limiter;
 pub mod rng;
+#[cfg(test)]
+pub(crate) mod test_queue;
 pub mod transport;
 pub mod vhost_user;
 pub mod vsock;

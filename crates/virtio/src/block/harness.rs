@@ -2,13 +2,14 @@
 //! to submit requests and wait for their completion.
 
 use super::{Block, BlockConfig, CacheMode, DiskFormat};
-use crate::{Activation, GuestMemory, GuestWrites, Interrupt, QueueHandle, VirtioDevice};
+pub use crate::test_queue::RecordingWrites;
+use crate::{Activation, GuestMemory, Interrupt, QueueHandle, VirtioDevice};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -81,26 +82,6 @@ impl Interrupt for RecordingInterrupt {
     fn config(&self) {}
 }
 
-#[derive(Default)]
-pub struct RecordingWrites(pub Mutex<Vec<(u64, u64)>>);
-
-impl GuestWrites for RecordingWrites {
-    fn written(&self, gpa: u64, len: u64) {
-        self.0.lock().unwrap().push((gpa, len));
-    }
-}
-
-impl RecordingWrites {
-    /// Whether a reported range covers `[gpa, gpa + len)`.
-    pub fn covers(&self, gpa: u64, len: u64) -> bool {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|&(a, l)| a <= gpa && gpa + len <= a + l)
-    }
-}
-
 /// One descriptor as the test writes it.
 #[derive(Debug, Clone, Copy)]
 pub struct Desc {
@@ -150,18 +131,10 @@ impl Harness {
 
     pub fn with_block(mut block: Block, event_idx: bool) -> Harness {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
-        // The split ring laid out by hand: virtio_queue's MockSplitQueue places the used ring
-        // `size` bytes after the available ring, which is too close for 256 entries (the
-        // available ring then overwrites the used index from entry 128 on).
-        let (desc_table, avail, used) = (0u64, 16 * u64::from(QSIZE), 16 * u64::from(QSIZE) + 1024);
-        assert!(used + 6 + 8 * u64::from(QSIZE) < BUFFERS);
-        let mut queue = Queue::new(QSIZE).unwrap();
-        queue.set_size(QSIZE);
-        queue.set_desc_table_address(Some(desc_table as u32), Some(0));
-        queue.set_avail_ring_address(Some(avail as u32), Some(0));
-        queue.set_used_ring_address(Some(used as u32), Some(0));
-        queue.set_ready(true);
+        let (rings, mut queue) = crate::test_queue::TestQueue::new(&mem, 0);
         queue.set_event_idx(event_idx);
+        let (desc_table, avail, used) = (rings.desc_table, rings.avail, rings.used);
+        assert!(used + 6 + 8 * u64::from(QSIZE) < BUFFERS);
         let notify = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let irq = Arc::new(RecordingInterrupt::default());
         let writes = Arc::new(RecordingWrites::default());

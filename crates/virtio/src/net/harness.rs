@@ -5,12 +5,12 @@
 //! its own, so that taps, addresses and traffic never reach the host's network, and everything
 //! disappears with the thread.
 
-pub use super::test_queue::*;
 use super::{Net, NetConfig, VNET_HDR_LEN};
-use crate::{Activation, GuestMemory, GuestWrites, Interrupt, QueueHandle, VirtioDevice};
+pub use crate::test_queue::*;
+use crate::{Activation, GuestMemory, Interrupt, QueueHandle, VirtioDevice};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
@@ -84,25 +84,6 @@ impl Interrupt for RecordingInterrupt {
         self.queue[usize::from(index)].fetch_add(1, Ordering::SeqCst);
     }
     fn config(&self) {}
-}
-
-#[derive(Default)]
-pub struct RecordingWrites(pub Mutex<Vec<(u64, u64)>>);
-
-impl GuestWrites for RecordingWrites {
-    fn written(&self, gpa: u64, len: u64) {
-        self.0.lock().unwrap().push((gpa, len));
-    }
-}
-
-impl RecordingWrites {
-    pub fn covers(&self, gpa: u64, len: u64) -> bool {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|&(a, l)| a <= gpa && gpa + len <= a + l)
-    }
 }
 
 /// A packet the device put in the receive queue.

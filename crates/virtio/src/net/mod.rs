@@ -320,6 +320,4 @@ mod rx_tests;
 #[cfg(test)]
 mod tap_tests;
 #[cfg(test)]
-mod test_queue;
-#[cfg(test)]
 mod tx_tests;

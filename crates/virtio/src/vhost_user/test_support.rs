@@ -2,16 +2,14 @@
 //! low and high RAM), a split queue driven from the guest's side, and recording
 //! [`Interrupt`] / [`GuestWrites`].
 
-use crate::{GuestMemory, GuestWrites, Interrupt, QueueHandle, VirtioDevice};
+pub use crate::test_queue::RecordingWrites;
+use crate::{GuestMemory, Interrupt, QueueHandle, VirtioDevice};
 use std::fs::File;
 use std::os::fd::FromRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
 use vm_memory::{Bytes, FileOffset, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -76,8 +74,9 @@ impl TestQueue {
     /// Rings at `rings`, buffers allocated upward from `bufs`; returns the handle to give the
     /// device (its notify eventfd is the one [`TestQueue::kick`] signals).
     pub fn new(mem: &GuestMemory, index: u16, rings: u64, bufs: u64) -> (TestQueue, QueueHandle) {
-        let vq = MockSplitQueue::create(mem, GuestAddress(rings), QSIZE);
-        let queue: Queue = vq.create_queue().unwrap();
+        // The shared layout: virtio_queue's MockSplitQueue overlaps the used ring with the
+        // available ring at 256 entries.
+        let (layout, queue) = crate::test_queue::TestQueue::new(mem, rings);
         let notify = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let handle = QueueHandle {
             index,
@@ -86,9 +85,9 @@ impl TestQueue {
         };
         let tq = TestQueue {
             mem: mem.clone(),
-            desc: vq.desc_table_addr().0,
-            avail: vq.avail_addr().0,
-            used: vq.used_addr().0,
+            desc: layout.desc_table,
+            avail: layout.avail,
+            used: layout.used,
             next_desc: 0,
             avail_idx: 0,
             seen_used: 0,
@@ -213,30 +212,6 @@ impl Interrupt for RecordingIrq {
         self.queues[usize::from(index)].fetch_add(1, Ordering::SeqCst);
     }
     fn config(&self) {}
-}
-
-#[derive(Default)]
-pub struct RecordingWrites(pub Mutex<Vec<(u64, u64)>>);
-
-impl GuestWrites for RecordingWrites {
-    fn written(&self, gpa: u64, len: u64) {
-        self.0.lock().unwrap().push((gpa, len));
-    }
-}
-
-impl RecordingWrites {
-    /// Whether a reported range covers `[gpa, gpa + len)`.
-    pub fn covers(&self, gpa: u64, len: u64) -> bool {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|&(a, l)| a <= gpa && gpa + len <= a + l)
-    }
-
-    pub fn all(&self) -> Vec<(u64, u64)> {
-        self.0.lock().unwrap().clone()
-    }
 }
 
 pub fn counter(dev: &dyn VirtioDevice, name: &str) -> u64 {

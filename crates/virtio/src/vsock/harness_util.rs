@@ -2,12 +2,11 @@
 //! and what a host process does on the Unix sockets.
 
 use super::harness::{QSIZE, TIMEOUT};
-use crate::{GuestMemory, GuestWrites, Interrupt, QueueHandle};
+use crate::{GuestMemory, Interrupt, QueueHandle};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
@@ -42,14 +41,7 @@ impl Interrupt for NoInterrupt {
     fn config(&self) {}
 }
 
-#[derive(Default)]
-pub struct RecordingWrites(pub Mutex<Vec<(u64, u64)>>);
-
-impl GuestWrites for RecordingWrites {
-    fn written(&self, gpa: u64, len: u64) {
-        self.0.lock().unwrap().push((gpa, len));
-    }
-}
+pub use crate::test_queue::RecordingWrites;
 
 /// The driver's view of one split queue.
 pub struct Ring {

@@ -1,13 +1,16 @@
-//! The driver's side of a split virtqueue, for the tests: descriptor tables, the available
-//! ring and reading back the used ring.
+//! The driver's side of a split virtqueue, for the tests of every device: descriptor tables,
+//! the available ring and reading back the used ring; and a recorder of reported guest writes.
 
-use super::QUEUE_SIZE;
-use crate::GuestMemory;
+use crate::{GuestMemory, GuestWrites};
 use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
+
+/// The queue size the device tests use.
+pub const QUEUE_SIZE: u16 = 256;
 
 pub const NEXT: u16 = VRING_DESC_F_NEXT as u16;
 pub const WRITE: u16 = VRING_DESC_F_WRITE as u16;
@@ -140,5 +143,30 @@ impl TestQueue {
             std::thread::sleep(Duration::from_micros(200));
         }
         self.take_used(mem)
+    }
+}
+
+/// Every range a device reported through [`GuestWrites`].
+#[derive(Default)]
+pub struct RecordingWrites(pub Mutex<Vec<(u64, u64)>>);
+
+impl GuestWrites for RecordingWrites {
+    fn written(&self, gpa: u64, len: u64) {
+        self.0.lock().unwrap().push((gpa, len));
+    }
+}
+
+impl RecordingWrites {
+    /// Whether a reported range covers `[gpa, gpa + len)`.
+    pub fn covers(&self, gpa: u64, len: u64) -> bool {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|&(a, l)| a <= gpa && gpa + len <= a + l)
+    }
+
+    pub fn all(&self) -> Vec<(u64, u64)> {
+        self.0.lock().unwrap().clone()
     }
 }
