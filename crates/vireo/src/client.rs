@@ -23,7 +23,8 @@ pub fn run(cmd: VmCmd) -> Result<(), String> {
         VmCmd::Shutdown(a) => ("PUT", "vm.shutdown", &a.api_socket),
         VmCmd::Stop(a) => ("PUT", "vm.stop", &a.api_socket),
     };
-    let (status, body) = request(sock, method, action, &body)?;
+    let server = format!("vireo run --api-socket {}", sock.display());
+    let (status, body) = request(sock, method, &format!("/api/v1/{action}"), &body, &server)?;
     if !(200..300).contains(&status) {
         let msg = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
@@ -40,17 +41,23 @@ pub fn run(cmd: VmCmd) -> Result<(), String> {
     Ok(())
 }
 
-/// One HTTP/1.1 request over the Unix socket; returns the status and the body.
-fn request(sock: &Path, method: &str, action: &str, body: &str) -> Result<(u16, String), String> {
+/// One HTTP/1.1 request over the Unix socket; returns the status and the body. `server` is
+/// the command that should be serving `sock`, for the error when nothing answers.
+pub(crate) fn request(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: &str,
+    server: &str,
+) -> Result<(u16, String), String> {
     let mut s = UnixStream::connect(sock).map_err(|e| {
         format!(
-            "cannot connect to {}: {e} (is `vireo run --api-socket {}` running?)",
-            sock.display(),
+            "cannot connect to {}: {e} (is `{server}` running?)",
             sock.display()
         )
     })?;
     let req = format!(
-        "{method} /api/v1/{action} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
@@ -63,6 +70,6 @@ fn request(sock: &Path, method: &str, action: &str, body: &str) -> Result<(u16, 
             resp.code.unwrap_or(0),
             String::from_utf8_lossy(&raw[n..]).trim().to_string(),
         )),
-        _ => Err("malformed reply from the VMM".into()),
+        _ => Err(format!("malformed reply from {}", sock.display())),
     }
 }

@@ -1,6 +1,7 @@
 //! `vireo`: the one binary of the Vireo virtualization platform.
 
 mod client;
+mod storage_cli;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -34,6 +35,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: VmCmd,
     },
+    /// The storage service (pools, volumes, snapshots; served over vhost-user-blk and NBD)
+    /// and its client.
+    Storage(storage_cli::StorageArgs),
 }
 
 #[derive(clap::Args)]
@@ -226,6 +230,7 @@ fn main() -> ExitCode {
                 .map_err(|e| e.to_string())
         }
         Cmd::Vm { cmd } => client::run(cmd),
+        Cmd::Storage(args) => storage_cli::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -27,11 +27,13 @@
 
 mod cache;
 mod compress;
+mod create;
 mod header;
 mod io;
 mod map;
 mod refcount;
 
+pub use create::create;
 pub use header::MAGIC;
 
 use crate::open::{backing_path, open_backing, open_locked};
