@@ -19,6 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vireo_virtio::rate_limiter::TokenBucket;
 
+/// Freed bytes awaiting a commit beyond which a write commits (see `Pool::write`).
+const RECYCLE_AFTER: u64 = 64 << 20;
+
 fn to_io(e: StorageError) -> io::Error {
     let kind = match e {
         StorageError::NoSpace(_) => io::ErrorKind::StorageFull,
@@ -412,11 +415,36 @@ impl Pool {
         if slow.is_empty() {
             return Ok(());
         }
-        let mut st = self.write_state();
-        for p in slow {
-            self.write_block(&mut st, vol.vid, &p, &data[p.start..p.end])?;
+        let mut done = 0;
+        let mut retried = false;
+        loop {
+            let result = {
+                let mut st = self.write_state();
+                let mut r = Ok(());
+                while let Some(p) = slow.get(done) {
+                    r = self.write_block(&mut st, vol.vid, p, &data[p.start..p.end]);
+                    if r.is_err() {
+                        break;
+                    }
+                    done += 1;
+                }
+                r.map(|_| st.pending_bytes())
+            };
+            match result {
+                // Copy-on-write frees space that is reusable only after a commit: commit
+                // before the freed space grows large, so that rewrites don't fill the pool.
+                Ok(pending) if pending > RECYCLE_AFTER => {
+                    self.commit().map_err(to_io)?;
+                    return Ok(());
+                }
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::StorageFull && !retried => {
+                    retried = true;
+                    self.commit().map_err(to_io)?;
+                }
+                Err(e) => return Err(e),
+            }
         }
-        Ok(())
     }
 
     /// Writes part of a block through a new block (under the write lock).

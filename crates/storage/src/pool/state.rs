@@ -178,6 +178,14 @@ impl State {
         }
     }
 
+    /// Bytes freed since the last commit.
+    pub fn pending_bytes(&self) -> u64 {
+        self.pending
+            .iter()
+            .map(|&(_, _, n)| n * super::alloc::SECTOR)
+            .sum()
+    }
+
     /// Bytes thick volumes have reserved and not yet written.
     pub fn reserved_bytes(&self) -> u64 {
         self.vols

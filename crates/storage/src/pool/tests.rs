@@ -360,3 +360,23 @@ fn hot_blocks_move_to_the_fast_tier() {
     // Nothing is hot any more: a second pass moves nothing.
     assert_eq!(p.rebalance_tiers().unwrap(), 0);
 }
+
+#[test]
+fn copy_on_write_rewrites_recycle_space() {
+    // Every dedup write stores a new block and frees the old one, which is reusable only
+    // after a commit: rewriting a volume many times over must not fill the pool.
+    let (_dir, p) = pool(
+        "recycle",
+        PoolOptions {
+            dedup: true,
+            ..PoolOptions::default()
+        },
+    );
+    p.volume_create("v", 16 << 20, &VolumeOptions::default())
+        .unwrap();
+    let v = p.open_volume("v").unwrap();
+    for round in 0..6 {
+        v.write_at(&noise(16 << 20, round + 1), 0, false).unwrap();
+    }
+    assert_eq!(read(&v, 0, 4096), noise(16 << 20, 6)[..4096]);
+}
