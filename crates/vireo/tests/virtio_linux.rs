@@ -451,6 +451,103 @@ fn vhost_user_disk_under_the_emulator() {
     vhost_user_disk("emu");
 }
 
+/// The storage service's volumes as a VM's disks (issues 4 and 5 together): the image's
+/// root filesystem is imported into a pool volume, `vireo storage vhost-user` serves it, and
+/// the guest boots from it; what the guest writes is in the volume's export afterwards.
+fn root_on_a_storage_volume(accel: &str) {
+    let dir = scratch("virtio-linux", &format!("storage-{accel}"));
+    let img = image(&dir.join("image"));
+    let api = dir.join("storage.sock");
+    let mut service = common::guest::KillOnDrop(
+        Command::new(vireo_bin())
+            .args(["storage", "serve", "--dir"])
+            .arg(dir.join("state"))
+            .arg("--socket")
+            .arg(&api)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !api.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "vireo storage serve made no socket"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let storage = |args: &[&OsStr]| {
+        let out = Command::new(vireo_bin())
+            .arg("storage")
+            .arg("--socket")
+            .arg(&api)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let device = dir.join("pool.img");
+    std::fs::File::create(&device)
+        .and_then(|f| f.set_len(256 << 20))
+        .unwrap();
+    let sock = dir.join("root.sock");
+    let export = dir.join("export.ext4");
+    let s = OsStr::new;
+    storage(&[
+        s("pool"),
+        s("create"),
+        s("tank"),
+        s("--device"),
+        device.as_os_str(),
+        s("--compression"),
+        s("lz4"),
+    ]);
+    storage(&[
+        s("volume"),
+        s("import"),
+        s("tank/root"),
+        img.rootfs.as_os_str(),
+    ]);
+    storage(&[
+        s("vhost-user"),
+        s("tank/root"),
+        s("--socket"),
+        sock.as_os_str(),
+    ]);
+    let disk = format!("vhost-user={}", sock.display());
+    let (mut con, mut guard) = boot(
+        &img,
+        accel,
+        &[
+            s("--disk"),
+            s(&disk),
+            s("--cmdline"),
+            s("console=ttyS0 reboot=k panic=-1 root=/dev/vda"),
+        ],
+    );
+    assert_eq!(
+        con.run("grep ' / ' /proc/mounts | cut -d' ' -f1-3"),
+        "/dev/vda / ext4"
+    );
+    con.run("echo written-on-a-pool-volume > /persisted && sync");
+    con.send("poweroff");
+    assert_eq!(wait_exit(&mut guard, Duration::from_secs(120)), Some(0));
+    storage(&[s("volume"), s("export"), s("tank/root"), export.as_os_str()]);
+    assert_eq!(
+        debugfs(&export, "cat /persisted"),
+        "written-on-a-pool-volume\n"
+    );
+    service.0.kill().unwrap();
+}
+
+#[test]
+fn root_on_a_storage_volume_under_the_emulator() {
+    root_on_a_storage_volume("emu");
+}
+
 /// A guest that doesn't use MSI-X (`pci=nomsi`) gets the disk's interrupts on INTA#, through
 /// the IOAPIC pin the ACPI `_PRT` names.
 fn disk_with_intx(accel: &str) {

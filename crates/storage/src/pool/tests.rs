@@ -380,3 +380,30 @@ fn copy_on_write_rewrites_recycle_space() {
     }
     assert_eq!(read(&v, 0, 4096), noise(16 << 20, 6)[..4096]);
 }
+
+#[test]
+fn qos_limits_bandwidth_after_one_second_of_burst() {
+    let (_dir, p) = pool("qos", PoolOptions::default());
+    let opts = VolumeOptions {
+        bps: Some(8 << 20),
+        ..VolumeOptions::default()
+    };
+    p.volume_create("v", 32 << 20, &opts).unwrap();
+    let v = p.open_volume("v").unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let start = std::time::Instant::now();
+    // 8 MiB of burst, then 16 MiB at 8 MiB/s: 2 s.
+    for i in 0..24 {
+        v.read_at(&mut buf, i << 20).unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    assert!((1.8..2.4).contains(&secs), "24 MiB took {secs:.2} s");
+    assert!(p.volume_info("v").unwrap().stats.throttled > 0);
+    // Lifting the limit applies to open handles at once.
+    p.volume_set_qos("v", None, None).unwrap();
+    let start = std::time::Instant::now();
+    for i in 0..24 {
+        v.read_at(&mut buf, i << 20).unwrap();
+    }
+    assert!(start.elapsed().as_secs_f64() < 0.5);
+}
