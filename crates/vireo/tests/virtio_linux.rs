@@ -226,9 +226,13 @@ fn virtio_console(accel: &str) {
         accel,
         &[OsStr::new("--console"), OsStr::new("virtio")],
     );
-    // The serial port's shell writes to the same stdout (its prompt can land anywhere), so
-    // look for the answer among the lines.
-    let has_line = |out: String, want: &str| out.lines().any(|l| l.trim() == want);
+    // The serial port's shell writes to the same stdout (its prompt, which ends with the
+    // cursor query ESC[6n, can land anywhere, even before the answer on its line), so look
+    // for the answer among the lines, after any such prompt.
+    let has_line = |out: String, want: &str| {
+        out.lines()
+            .any(|l| l.rsplit("\x1b[6n").next().map(str::trim) == Some(want))
+    };
     assert!(has_line(con.run("tty"), "/dev/hvc0"));
     assert!(has_line(con.run("echo $((6 * 7))"), "42"));
     con.send("poweroff");
