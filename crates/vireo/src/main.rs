@@ -1,6 +1,7 @@
 //! `vireo`: the one binary of the Vireo virtualization platform.
 
 mod client;
+mod net_cli;
 mod storage_cli;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -38,6 +39,8 @@ enum Cmd {
     /// The storage service (pools, volumes, snapshots; served over vhost-user-blk and NBD)
     /// and its client.
     Storage(storage_cli::StorageArgs),
+    /// The network service (networks, tap ports, VLANs, QoS, counters) and its client.
+    Net(net_cli::NetArgs),
 }
 
 #[derive(clap::Args)]
@@ -231,6 +234,7 @@ fn main() -> ExitCode {
         }
         Cmd::Vm { cmd } => client::run(cmd),
         Cmd::Storage(args) => storage_cli::run(args),
+        Cmd::Net(args) => net_cli::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

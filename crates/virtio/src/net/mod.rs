@@ -22,11 +22,10 @@ use crate::worker::Worker;
 use crate::{features, types, ActivateError, Activation, VirtioDevice};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use tap::Tap;
 use virtio_bindings::virtio_net::*;
 use worker::NetWorker;
 
-pub use tap::MAX_NAME_LEN;
+pub use tap::{Tap, GUEST_OFFLOADS, MAX_NAME_LEN};
 
 pub const QUEUE_SIZE: u16 = 256;
 /// `struct virtio_net_hdr_v1`: what virtio 1.x puts before every frame, MRG_RXBUF or not.

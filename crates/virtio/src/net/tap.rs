@@ -16,10 +16,10 @@ use std::os::unix::fs::OpenOptionsExt;
 pub const MAX_NAME_LEN: usize = libc::IFNAMSIZ - 1;
 
 /// The guest offloads a tap can deliver (TUNSETOFFLOAD), all or none probed at open.
-pub(crate) const GUEST_OFFLOADS: u32 =
+pub const GUEST_OFFLOADS: u32 =
     libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
 
-pub(crate) struct Tap {
+pub struct Tap {
     file: File,
     name: String,
     /// TUNSETOFFLOAD accepted [`GUEST_OFFLOADS`].
@@ -28,7 +28,7 @@ pub(crate) struct Tap {
 
 impl Tap {
     /// Creates the tap `name`, or attaches to the existing one, and brings its link up.
-    pub(crate) fn open(name: &str) -> Result<Tap, NetError> {
+    pub fn open(name: &str) -> Result<Tap, NetError> {
         check_name(name)?;
         let file = OpenOptions::new()
             .read(true)
@@ -99,18 +99,18 @@ impl Tap {
         Ok(tap)
     }
 
-    pub(crate) fn name(&self) -> &str {
+    pub fn name(&self) -> &str {
         &self.name
     }
 
     /// Whether the tap can hand the guest checksum-offloaded and TSO packets.
-    pub(crate) fn has_offloads(&self) -> bool {
+    pub fn has_offloads(&self) -> bool {
         self.offloads
     }
 
     /// Which offloads (TUN_F_*) packets read from the tap may use: the kernel checksums and
     /// segments everything else before it reaches us.
-    pub(crate) fn set_offload(&self, flags: u32) -> io::Result<()> {
+    pub fn set_offload(&self, flags: u32) -> io::Result<()> {
         // SAFETY: TUNSETOFFLOAD takes its argument by value and touches no memory of ours.
         let r = unsafe {
             libc::ioctl(
@@ -126,7 +126,7 @@ impl Tap {
     }
 
     /// Reads one packet (virtio-net header and frame); a packet longer than `buf` is truncated.
-    pub(crate) fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         // SAFETY: the kernel writes at most buf.len() bytes into buf, which we own.
         let n = unsafe { libc::read(self.file.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
         if n < 0 {
@@ -139,7 +139,7 @@ impl Tap {
     ///
     /// # Safety
     /// Each iovec must describe memory readable for its length for the duration of the call.
-    pub(crate) unsafe fn writev(&self, iov: &[libc::iovec]) -> io::Result<usize> {
+    pub unsafe fn writev(&self, iov: &[libc::iovec]) -> io::Result<usize> {
         let count = libc::c_int::try_from(iov.len())
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         // SAFETY: the caller guarantees the iovecs; the kernel only reads them.

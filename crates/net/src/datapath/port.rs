@@ -1,0 +1,258 @@
+//! A port: a tap whose far end is a VM or a network namespace, the thread that reads its
+//! frames and hands them to the switch, its counters and its QoS.
+//!
+//! Frames keep their 12-byte virtio-net header from tap to tap, so a 64 KiB TSO frame the
+//! sender's stack hands one tap reaches the other unsegmented and with its checksum still
+//! to be done, as between two VMs on a host: that is what makes the switch cheap per byte.
+//! Writing into a tap is one `writev` per frame, atomic, so ports' threads need no lock to
+//! share a destination.
+
+use super::frame::{self, Frame, MACS_LEN, VLAN_TAG_LEN};
+use super::switch::Switch;
+use super::{PortConfig, PortStats, PortVlan};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use vireo_virtio::net::{Tap, MAX_PACKET_LEN, VNET_HDR_LEN};
+use vireo_virtio::rate_limiter::TokenBucket;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Frames a port's thread reads in a row before polling again.
+const BATCH: usize = 64;
+
+#[derive(Default)]
+pub struct Counters {
+    rx_packets: AtomicU64,
+    rx_bytes: AtomicU64,
+    tx_packets: AtomicU64,
+    tx_bytes: AtomicU64,
+    drops: AtomicU64,
+}
+
+impl Counters {
+    /// A packet read from the tap (counted with its frame length, header excluded).
+    pub fn received(&self, packet_len: usize) {
+        self.rx_packets.fetch_add(1, Relaxed);
+        let len = packet_len.saturating_sub(VNET_HDR_LEN) as u64;
+        self.rx_bytes.fetch_add(len, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> PortStats {
+        PortStats {
+            rx_packets: self.rx_packets.load(Relaxed),
+            rx_bytes: self.rx_bytes.load(Relaxed),
+            tx_packets: self.tx_packets.load(Relaxed),
+            tx_bytes: self.tx_bytes.load(Relaxed),
+            drops: self.drops.load(Relaxed),
+        }
+    }
+}
+
+pub struct Port {
+    pub id: u32,
+    pub net_id: u32,
+    pub config: PortConfig,
+    /// The port's VLANs, an access port's resolved against its network's.
+    pub vlan: PortVlan,
+    pub counters: Counters,
+    tap: Tap,
+    /// Ingress shaping: frames from the tap wait for tokens (bytes). `None`: unlimited.
+    qos: Mutex<Option<TokenBucket>>,
+    origin: Instant,
+    stop: EventFd,
+}
+
+impl Port {
+    pub fn new(
+        id: u32,
+        net_id: u32,
+        config: PortConfig,
+        vlan: PortVlan,
+        tap: Tap,
+    ) -> io::Result<Port> {
+        Ok(Port {
+            id,
+            net_id,
+            config,
+            vlan,
+            counters: Counters::default(),
+            tap,
+            qos: Mutex::new(None),
+            origin: Instant::now(),
+            stop: EventFd::new(EFD_NONBLOCK)?,
+        })
+    }
+
+    pub fn tap_name(&self) -> &str {
+        self.tap.name()
+    }
+
+    pub fn set_qos(&self, bucket: Option<TokenBucket>) {
+        *self.qos.lock().unwrap_or_else(|e| e.into_inner()) = bucket;
+    }
+
+    /// Asks the forwarding thread to return.
+    pub fn stop(&self) {
+        if let Err(e) = self.stop.write(1) {
+            tracing::error!("port {}: cannot stop its thread: {e}", self.config.name);
+        }
+    }
+
+    pub fn drop_frame(&self, why: &str) {
+        self.counters.drops.fetch_add(1, Relaxed);
+        tracing::trace!("port {}: dropped a frame: {why}", self.config.name);
+    }
+
+    /// Writes a frame out of this port, tagged with `tag` or untagged, whatever it had.
+    pub fn send(&self, packet: &[u8], frame: &Frame, tag: Option<u16>) {
+        let rest_at = frame.rest_offset();
+        let (Some(hdr), Some(macs), Some(rest)) = (
+            packet.get(..VNET_HDR_LEN),
+            packet.get(VNET_HDR_LEN..VNET_HDR_LEN + MACS_LEN),
+            packet.get(rest_at..),
+        ) else {
+            return self.drop_frame("short frame");
+        };
+        let delta: i32 = match (frame.vlan.is_some(), tag.is_some()) {
+            (false, true) => VLAN_TAG_LEN as i32,
+            (true, false) => -(VLAN_TAG_LEN as i32),
+            _ => 0,
+        };
+        let written = if delta == 0 && frame.vlan == tag {
+            // The frame leaves as it came: one buffer.
+            self.write(&[packet])
+        } else {
+            let Some(new_hdr) = frame::shift_vnet_hdr(hdr, delta) else {
+                return self.drop_frame("offload offsets inside the Ethernet header");
+            };
+            match tag {
+                Some(vid) => {
+                    let mut t = [0u8; VLAN_TAG_LEN];
+                    t[..2].copy_from_slice(&frame::TPID_8021Q.to_be_bytes());
+                    t[2..].copy_from_slice(&vid.to_be_bytes());
+                    self.write(&[&new_hdr, macs, &t, rest])
+                }
+                None => self.write(&[&new_hdr, macs, rest]),
+            }
+        };
+        match written {
+            Ok(n) => {
+                self.counters.tx_packets.fetch_add(1, Relaxed);
+                let len = n.saturating_sub(VNET_HDR_LEN) as u64;
+                self.counters.tx_bytes.fetch_add(len, Relaxed);
+            }
+            // The far end's link is down, or its queue is full: the frame is lost, as on a
+            // wire.
+            Err(_) => self.drop_frame("tap refused the frame"),
+        }
+    }
+
+    fn write(&self, parts: &[&[u8]]) -> io::Result<usize> {
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; 4];
+        for (v, p) in iov.iter_mut().zip(parts) {
+            *v = libc::iovec {
+                iov_base: p.as_ptr() as *mut libc::c_void,
+                iov_len: p.len(),
+            };
+        }
+        let n = parts.len().min(iov.len());
+        // SAFETY: each iovec describes one of `parts`, borrowed for the whole call.
+        unsafe { self.tap.writev(&iov[..n]) }
+    }
+
+    /// How long the frame of `len` bytes must wait for QoS tokens; zero when it may go (its
+    /// tokens are then taken).
+    fn shape(&self, len: usize) -> Duration {
+        let mut qos = self.qos.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(bucket) = qos.as_mut() else {
+            return Duration::ZERO;
+        };
+        let tokens = len.saturating_sub(VNET_HDR_LEN) as u64;
+        match bucket.try_take(tokens, self.origin.elapsed()) {
+            Ok(()) => Duration::ZERO,
+            Err(wait) => wait,
+        }
+    }
+}
+
+/// What a wait on the tap and the stop event ended with.
+enum Woken {
+    Stop,
+    Ready,
+}
+
+/// Waits until the tap is readable (if `tap`), the stop event fires, or `timeout` passes.
+fn wait(tap: Option<RawFd>, stop: RawFd, timeout: Option<Duration>) -> io::Result<Woken> {
+    let mut fds = [
+        libc::pollfd {
+            fd: stop,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: tap.unwrap_or(-1),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
+    });
+    let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const _);
+    // SAFETY: fds and the timespec outlive the call; the kernel writes only revents.
+    let r = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, ts_ptr, std::ptr::null()) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if fds[0].revents != 0 {
+        return Ok(Woken::Stop);
+    }
+    Ok(Woken::Ready)
+}
+
+/// The port's forwarding loop: until stopped, reads frames in batches and forwards them.
+pub fn run(port: Arc<Port>, switch: Arc<Switch>) {
+    // One buffer for the port's life: no allocation per frame. One byte more than the
+    // largest packet tells a truncated read from a full-size one.
+    let mut buf = vec![0u8; MAX_PACKET_LEN + 1];
+    let stop = port.stop.as_raw_fd();
+    let tap = port.tap.as_raw_fd();
+    loop {
+        match wait(Some(tap), stop, None) {
+            Ok(Woken::Stop) => return,
+            Ok(Woken::Ready) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::error!("port {}: poll failed, stopping: {e}", port.config.name);
+                return;
+            }
+        }
+        for _ in 0..BATCH {
+            let n = match port.tap.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!("port {}: reading the tap: {e}", port.config.name);
+                    break;
+                }
+            };
+            loop {
+                let delay = port.shape(n);
+                if delay.is_zero() {
+                    break;
+                }
+                if let Ok(Woken::Stop) = wait(None, stop, Some(delay)) {
+                    return;
+                }
+            }
+            switch.forward(&port, buf.get(..n).unwrap_or(&[]));
+        }
+    }
+}

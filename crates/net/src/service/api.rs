@@ -1,0 +1,106 @@
+//! The service's HTTP/JSON API (every route is documented, with examples, in
+//! docs/net-api.md). Paths name objects (`/api/v1/networks/N`, `/api/v1/ports/P`), the
+//! method says what to do with them, and errors are `{"error": message}` with the status of
+//! [`NetError::http_status`]. `GET /metrics` serves the counters to Prometheus.
+
+use super::config::{NetworkSpec, PortSpec};
+use super::http::{segments, Reply, Request};
+use super::{metrics, ops, Net};
+use crate::datapath::QosConfig;
+use crate::error::{NetError, Result};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+pub(super) fn handle(net: &Net, req: &Request) -> Reply {
+    if req.path == "/metrics" {
+        return match req.method.as_str() {
+            "GET" => Reply::text(metrics::CONTENT_TYPE, metrics::render(&net.stats())),
+            m => Reply::error(405, format!("{m} is not allowed on /metrics; use GET")),
+        };
+    }
+    let segs = match segments(&req.path, "/api/v1/") {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => return Reply::error(400, e),
+        None => return Reply::error(404, format!("no such endpoint: {}", req.path)),
+    };
+    let s: Vec<&str> = segs.iter().map(String::as_str).collect();
+    match route(net, req, &s) {
+        Some(Ok(reply)) => reply,
+        Some(Err(e)) => Reply::error(e.http_status(), e.to_string()),
+        None => match methods(&s) {
+            [] => Reply::error(404, format!("no such endpoint: {}", req.path)),
+            allowed => Reply::error(
+                405,
+                format!(
+                    "{} is not allowed on {}; use {}",
+                    req.method,
+                    req.path,
+                    allowed.join(" or ")
+                ),
+            ),
+        },
+    }
+}
+
+/// The methods each path takes (for 405 answers); mirrors [`route`].
+fn methods(s: &[&str]) -> &'static [&'static str] {
+    match s {
+        ["ping"] | ["fdb"] | ["stats"] | ["stats", _] => &["GET"],
+        ["networks"] | ["ports"] => &["GET", "POST"],
+        ["networks", _] | ["ports", _] => &["GET", "DELETE"],
+        ["ports", _, "qos"] => &["PUT", "POST"],
+        _ => &[],
+    }
+}
+
+/// `None`: no route for this method and path.
+fn route(net: &Net, req: &Request, s: &[&str]) -> Option<Result<Reply>> {
+    Some(match (s, req.method.as_str()) {
+        (["ping"], "GET") => Ok(Reply::ok(json!({
+            "service": "vireo-net",
+            "version": env!("CARGO_PKG_VERSION"),
+        }))),
+        (["networks"], "GET") => Ok(Reply::ok(net.networks())),
+        (["networks"], "POST") => body::<NetworkSpec>(req, r#"{"name": "blue", "vlan": 10}"#)
+            .and_then(|n| net.create_network(&n))
+            .map(|v| Reply::with_status(201, v)),
+        (["networks", n], "GET") => net.network(n).map(Reply::ok),
+        (["networks", n], "DELETE") => net.delete_network(n).map(|()| Reply::no_content()),
+        (["ports"], "GET") => Ok(Reply::ok(net.ports())),
+        (["ports"], "POST") => body::<PortSpec>(
+            req,
+            r#"{"name": "vm1", "network": "blue", "tap": "vt-vm1"}"#,
+        )
+        .and_then(|p| net.add_port(&p))
+        .map(|v| Reply::with_status(201, v)),
+        (["ports", p], "GET") => net.port(p).map(Reply::ok),
+        (["ports", p], "DELETE") => net.delete_port(p).map(|()| Reply::no_content()),
+        (["ports", p, "qos"], "PUT" | "POST") => {
+            body::<QosConfig>(req, r#"{"rate": 100000000, "burst": 65536}"#)
+                .and_then(|q| net.set_qos(p, &q))
+                .map(Reply::ok)
+        }
+        (["stats"], "GET") => Ok(Reply::ok(json!(net
+            .stats()
+            .iter()
+            .map(|(p, s)| ops::stats_json(p, s))
+            .collect::<Vec<_>>()))),
+        (["stats", p], "GET") => net.port_stats(p).map(Reply::ok),
+        (["fdb"], "GET") => Ok(Reply::ok(net.fdb())),
+        _ => return None,
+    })
+}
+
+/// Parses a JSON body (an empty body is `{}`), explaining what was expected if it fails.
+fn body<T: DeserializeOwned>(req: &Request, example: &str) -> Result<T> {
+    let bytes: &[u8] = if req.body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &req.body
+    };
+    serde_json::from_slice(bytes).map_err(|e| {
+        NetError::Invalid(format!(
+            "bad request body: {e}; expected JSON like {example}"
+        ))
+    })
+}

@@ -1,0 +1,359 @@
+//! Just enough HTTP/1.1 for a local management API on a Unix socket: one request per
+//! connection, a `Content-Length` body, `Connection: close` replies, JSON or text bodies.
+//!
+//! Written to be shared: [`HttpServer`] owns the listener (refusing to take over a socket
+//! another service answers on, replacing a stale one, removing it when dropped) and calls a
+//! handler per request, so a service only supplies `Fn(&Request) -> Reply`. The socket is
+//! the host's, but a request is still checked and bounded: a malformed one gets a 4xx,
+//! never a panic.
+
+use serde_json::{json, Value};
+use std::io::{self, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// The largest request head and body: every request of a management API is small.
+const MAX_HEAD: usize = 16 * 1024;
+const MAX_BODY: usize = 64 * 1024;
+
+pub struct Request {
+    pub method: String,
+    /// The path without the query string.
+    pub path: String,
+    pub body: Vec<u8>,
+}
+
+pub enum Body {
+    None,
+    Json(Value),
+    /// Text with its content type (e.g. Prometheus exposition).
+    Text(String, &'static str),
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: Body,
+}
+
+impl Reply {
+    pub fn ok(body: Value) -> Reply {
+        Reply::with_status(200, body)
+    }
+
+    pub fn with_status(status: u16, body: Value) -> Reply {
+        Reply {
+            status,
+            body: Body::Json(body),
+        }
+    }
+
+    pub fn text(content_type: &'static str, text: String) -> Reply {
+        Reply {
+            status: 200,
+            body: Body::Text(text, content_type),
+        }
+    }
+
+    pub fn no_content() -> Reply {
+        Reply {
+            status: 204,
+            body: Body::None,
+        }
+    }
+
+    pub fn error(status: u16, msg: impl Into<String>) -> Reply {
+        Reply::with_status(status, json!({ "error": msg.into() }))
+    }
+}
+
+/// What a service answers requests with.
+pub type Handler = Arc<dyn Fn(&Request) -> Reply + Send + Sync>;
+
+/// A listener on a Unix socket: a thread accepting connections and one short thread per
+/// connection (one request each). Removes its socket when dropped.
+pub struct HttpServer {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HttpServer {
+    /// Fails with `AddrInUse` when another process answers on `path`: a live socket is
+    /// never taken over (a stale one, left by a crash, is replaced).
+    pub fn start(path: &Path, handler: Handler) -> io::Result<HttpServer> {
+        if UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                "another service is listening on it",
+            ));
+        }
+        if path.exists() {
+            std::fs::remove_file(path)?;
+        }
+        let listener = UnixListener::bind(path)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("api".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if stopping.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match conn {
+                        Ok(conn) => serve_connection(conn, handler.clone()),
+                        Err(e) => {
+                            tracing::warn!("API socket: {e}");
+                            // Out of file descriptors, say: do not spin.
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                    }
+                }
+            })?;
+        Ok(HttpServer {
+            path: path.to_path_buf(),
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so that it sees the flag.
+        let _ = UnixStream::connect(&self.path);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn serve_connection(mut conn: UnixStream, handler: Handler) {
+    let spawned = std::thread::Builder::new()
+        .name("api-conn".into())
+        .spawn(move || {
+            let result = read_request(&mut conn).and_then(|req| {
+                let reply = match req {
+                    Ok(req) => {
+                        let reply = handler(&req);
+                        tracing::debug!("API {} {} -> {}", req.method, req.path, reply.status);
+                        reply
+                    }
+                    Err(refused) => refused,
+                };
+                write_reply(&mut conn, reply)
+            });
+            if let Err(e) = result {
+                tracing::debug!("API connection: {e}");
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("API: cannot start a thread for a connection: {e}");
+    }
+}
+
+/// Reads one request. `Ok(Err(reply))` is a request we refuse (the reply says why).
+pub fn read_request(conn: &mut UnixStream) -> io::Result<Result<Request, Reply>> {
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(at) = find(&buf, b"\r\n\r\n") {
+            break at;
+        }
+        if buf.len() > MAX_HEAD {
+            return Ok(Err(Reply::error(431, "request head too large")));
+        }
+        let n = conn.read(&mut chunk)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the client closed the connection mid-request",
+            ));
+        }
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+    };
+    let head = match std::str::from_utf8(buf.get(..head_end).unwrap_or_default()) {
+        Ok(h) => h,
+        Err(_) => return Ok(Err(Reply::error(400, "the request head is not UTF-8"))),
+    };
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next().unwrap_or("").split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (first.next(), first.next(), first.next(), first.next())
+    else {
+        return Ok(Err(Reply::error(400, "malformed request line")));
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Ok(Err(Reply::error(400, "malformed request line")));
+    }
+    let mut body_len = 0usize;
+    let mut expect_continue = false;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            return Ok(Err(Reply::error(400, format!("malformed header {line:?}"))));
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            match value.parse() {
+                Ok(n) => body_len = n,
+                Err(_) => return Ok(Err(Reply::error(400, "bad Content-Length"))),
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Ok(Err(Reply::error(
+                501,
+                "chunked bodies are not supported: send a Content-Length",
+            )));
+        } else if name.eq_ignore_ascii_case("expect") && value.eq_ignore_ascii_case("100-continue")
+        {
+            expect_continue = true;
+        }
+    }
+    if body_len > MAX_BODY {
+        return Ok(Err(Reply::error(413, "request body too large")));
+    }
+    let (method, target) = (method.to_string(), target.to_string());
+    if expect_continue {
+        // curl waits for this before sending a larger body.
+        conn.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+    }
+    let mut body = buf.split_off(head_end + 4);
+    while body.len() < body_len {
+        let n = conn.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(Err(Reply::error(
+                400,
+                "request body shorter than Content-Length",
+            )));
+        }
+        body.extend_from_slice(chunk.get(..n).unwrap_or_default());
+    }
+    body.truncate(body_len);
+    let path = target.split('?').next().unwrap_or("").to_string();
+    Ok(Ok(Request { method, path, body }))
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+pub fn write_reply(conn: &mut UnixStream, r: Reply) -> io::Result<()> {
+    let reason = match r.status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        413 => "Payload Too Large",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        _ => "Error",
+    };
+    let (body, content_type) = match r.body {
+        Body::None => (String::new(), None),
+        Body::Json(v) => (format!("{v}\n"), Some("application/json")),
+        Body::Text(t, ct) => (t, Some(ct)),
+    };
+    let mut head = format!("HTTP/1.1 {} {reason}\r\nConnection: close\r\n", r.status);
+    if let Some(ct) = content_type {
+        head.push_str(&format!("Content-Type: {ct}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    conn.write_all(head.as_bytes())?;
+    conn.write_all(body.as_bytes())
+}
+
+/// Splits `/PREFIX/a/b%2Fc` into decoded segments `["a", "b/c"]`; `None` when the path is
+/// not under `prefix`.
+pub fn segments(path: &str, prefix: &str) -> Option<Result<Vec<String>, String>> {
+    let rest = path.strip_prefix(prefix)?;
+    Some(
+        rest.trim_end_matches('/')
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(percent_decode)
+            .collect(),
+    )
+}
+
+/// Decodes `%XX` escapes in one path segment (names are sent percent-encoded).
+pub fn percent_decode(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad %-escape in {s:?}"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("{s:?} is not UTF-8 once decoded"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &[u8]) -> Result<Request, u16> {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        b.write_all(raw).unwrap();
+        drop(b);
+        match read_request(&mut a) {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(reply)) => Err(reply.status),
+            Err(_) => Err(0),
+        }
+    }
+
+    #[test]
+    fn requests_parse_and_bad_ones_are_refused() {
+        let r =
+            parse(b"POST /api/v1/networks?x=1 HTTP/1.1\r\nContent-Length: 4\r\n\r\n{}  x").unwrap();
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str()),
+            ("POST", "/api/v1/networks")
+        );
+        assert_eq!(r.body, b"{}  ");
+        assert_eq!(parse(b"GET /\r\n\r\n").err(), Some(400));
+        assert_eq!(parse(b"GET / HTTP/1.1\r\nbad\r\n\r\n").err(), Some(400));
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n").err(),
+            Some(413)
+        );
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\nContent-Length: 10\r\n\r\nab").err(),
+            Some(400)
+        );
+        assert_eq!(parse(&vec![b'a'; 20000]).err(), Some(431));
+        assert_eq!(parse(b"GET / HTTP/1.1\r\n").err(), Some(0));
+    }
+
+    #[test]
+    fn paths_split_into_decoded_segments() {
+        let s = segments("/api/v1/ports/a%2Fb/", "/api/v1/")
+            .unwrap()
+            .unwrap();
+        assert_eq!(s, ["ports", "a/b"]);
+        assert!(segments("/metrics", "/api/v1/").is_none());
+        assert!(segments("/api/v1/x%zz", "/api/v1/").unwrap().is_err());
+        assert!(percent_decode("%ff").is_err());
+    }
+}

@@ -1,0 +1,117 @@
+//! The client commands: each one API call and a line or table of output.
+
+use super::{seg, show, Client, NetworkCmd, PortCmd, QosCmd};
+use serde_json::{json, Value};
+
+pub(super) fn network(c: &Client, cmd: NetworkCmd) -> Result<(), String> {
+    match cmd {
+        NetworkCmd::Create {
+            name,
+            vlan,
+            subnet,
+            gateway,
+            dhcp,
+        } => {
+            let n = c.call(
+                "POST",
+                "/api/v1/networks",
+                Some(json!({
+                    "name": name, "vlan": vlan, "subnet": subnet, "gateway": gateway, "dhcp": dhcp,
+                })),
+            )?;
+            println!("created network {name}{}", show::network_extras(&n));
+        }
+        NetworkCmd::Delete { name } => {
+            c.call("DELETE", &format!("/api/v1/networks/{}", seg(&name)), None)?;
+            println!("deleted network {name}");
+        }
+        NetworkCmd::List { json } => {
+            let list = c.call("GET", "/api/v1/networks", None)?;
+            if json {
+                show::pretty(&list);
+            } else {
+                print!("{}", show::networks(&list));
+            }
+        }
+        NetworkCmd::Info { name } => {
+            show::pretty(&c.call("GET", &format!("/api/v1/networks/{}", seg(&name)), None)?)
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn port(c: &Client, cmd: PortCmd) -> Result<(), String> {
+    match cmd {
+        PortCmd::Add {
+            network,
+            name,
+            tap,
+            mac,
+            vlan,
+            trunk,
+        } => {
+            let p = c.call(
+                "POST",
+                "/api/v1/ports",
+                Some(json!({
+                    "name": name, "network": network, "tap": tap, "mac": mac,
+                    "vlan": vlan, "trunk": trunk,
+                })),
+            )?;
+            println!(
+                "added port {name} to network {network}: tap {}{}",
+                s(&p["tap"]),
+                show::port_vlan(&p)
+            );
+        }
+        PortCmd::Delete { name } => {
+            c.call("DELETE", &format!("/api/v1/ports/{}", seg(&name)), None)?;
+            println!("deleted port {name}");
+        }
+        PortCmd::List { json } => {
+            let list = c.call("GET", "/api/v1/ports", None)?;
+            if json {
+                show::pretty(&list);
+            } else {
+                print!("{}", show::ports(&list));
+            }
+        }
+        PortCmd::Info { name } => {
+            show::pretty(&c.call("GET", &format!("/api/v1/ports/{}", seg(&name)), None)?)
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn qos(c: &Client, cmd: QosCmd) -> Result<(), String> {
+    let QosCmd::Set { port, rate, burst } = cmd;
+    let p = c.call(
+        "PUT",
+        &format!("/api/v1/ports/{}/qos", seg(&port)),
+        Some(json!({ "rate": rate, "burst": burst })),
+    )?;
+    println!("{port}: {}", show::qos(&p));
+    Ok(())
+}
+
+pub(super) fn stats(c: &Client, port: Option<String>, json: bool) -> Result<(), String> {
+    let v = match &port {
+        Some(p) => Value::Array(vec![c.call(
+            "GET",
+            &format!("/api/v1/stats/{}", seg(p)),
+            None,
+        )?]),
+        None => c.call("GET", "/api/v1/stats", None)?,
+    };
+    if json {
+        show::pretty(if port.is_some() { &v[0] } else { &v });
+    } else {
+        print!("{}", show::stats(&v));
+    }
+    Ok(())
+}
+
+/// A string field of a JSON reply, or "".
+pub(super) fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
