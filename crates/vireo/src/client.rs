@@ -3,7 +3,7 @@
 use crate::VmCmd;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub fn run(cmd: VmCmd) -> Result<(), String> {
     let mut body = String::new();
@@ -72,4 +72,59 @@ pub(crate) fn request(
         )),
         _ => Err(format!("malformed reply from {}", sock.display())),
     }
+}
+
+/// A client of a service's JSON API (`vireo storage ...`, `vireo net ...`).
+pub(crate) struct ServiceClient {
+    pub socket: PathBuf,
+    /// The command that starts the service (`vireo net serve`): the hint when nothing answers.
+    pub serve: &'static str,
+    pub default_socket: &'static str,
+}
+
+impl ServiceClient {
+    /// One API call; a non-2xx answer becomes its `error` message.
+    pub(crate) fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, String> {
+        use serde_json::Value;
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let server = if self.socket == Path::new(self.default_socket) {
+            format!("{} --dir STATE_DIR", self.serve)
+        } else {
+            format!(
+                "{} --dir STATE_DIR --socket {}",
+                self.serve,
+                self.socket.display()
+            )
+        };
+        let (status, text) = request(&self.socket, method, path, &body, &server)?;
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if (200..300).contains(&status) {
+            return Ok(value);
+        }
+        match value.get("error").and_then(Value::as_str) {
+            Some(msg) => Err(msg.to_string()),
+            None => Err(format!("{method} {path}: HTTP {status}: {value}")),
+        }
+    }
+}
+
+/// Percent-encodes one path segment of an API URL.
+pub(crate) fn path_segment(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'@' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

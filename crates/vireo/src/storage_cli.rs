@@ -231,7 +231,11 @@ pub fn run(args: StorageArgs) -> Result<(), String> {
         .socket
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
-    let c = client::Client { socket };
+    let c = client::Client {
+        socket,
+        serve: "vireo storage serve",
+        default_socket: vireo_storage::service::DEFAULT_SOCKET,
+    };
     match args.cmd {
         StorageCmd::Serve(s) => serve(s, args.socket),
         StorageCmd::Pool { cmd } => commands::pool(&c, cmd),

@@ -4,12 +4,12 @@
 //! [`NetError::http_status`]. `GET /metrics` serves the counters to Prometheus.
 
 use super::config::{NetworkSpec, PortSpec};
-use super::http::{segments, Reply, Request};
 use super::{metrics, ops, Net};
 use crate::datapath::QosConfig;
 use crate::error::{NetError, Result};
 use serde::de::DeserializeOwned;
 use serde_json::json;
+use vireo_http::{segments, unrouted, Reply, Request};
 
 pub(super) fn handle(net: &Net, req: &Request) -> Reply {
     if req.path == "/metrics" {
@@ -27,18 +27,7 @@ pub(super) fn handle(net: &Net, req: &Request) -> Reply {
     match route(net, req, &s) {
         Some(Ok(reply)) => reply,
         Some(Err(e)) => Reply::error(e.http_status(), e.to_string()),
-        None => match methods(&s) {
-            [] => Reply::error(404, format!("no such endpoint: {}", req.path)),
-            allowed => Reply::error(
-                405,
-                format!(
-                    "{} is not allowed on {}; use {}",
-                    req.method,
-                    req.path,
-                    allowed.join(" or ")
-                ),
-            ),
-        },
+        None => unrouted(req, methods(&s)),
     }
 }
 

@@ -9,7 +9,6 @@
 
 mod api;
 pub mod config;
-pub mod http;
 mod metrics;
 mod ops;
 pub mod validate;
@@ -17,11 +16,11 @@ pub mod validate;
 use crate::datapath::Datapath;
 use crate::error::{NetError, Result};
 use config::{NetState, STATE_FILE};
-use http::HttpServer;
 use std::collections::HashSet;
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use vireo_http::HttpServer;
 
 /// Where the service listens, and where clients look, unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/vireo/net.sock";

@@ -7,7 +7,6 @@
 //! taken over; a stale one, left by a crash, is replaced).
 
 mod api;
-mod http;
 mod jobs;
 mod transfer;
 mod vhost;
@@ -18,14 +17,14 @@ use crate::registry::Storage;
 use jobs::Jobs;
 use std::fs::{File, TryLockError};
 use std::io;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 use vhost::VhostExports;
+use vireo_http::HttpServer;
 
 /// Where the service listens, and where clients look, unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/vireo/storage.sock";
@@ -55,7 +54,7 @@ pub(crate) struct Shared {
 /// A running service; [`Service::shutdown`] (or dropping it) stops it.
 pub struct Service {
     shared: Arc<Shared>,
-    api: Option<ApiServer>,
+    api: Option<HttpServer>,
     nbd: Option<NbdServer>,
     committer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
     _lock: File,
@@ -91,7 +90,9 @@ impl Service {
             vhost: VhostExports::default(),
             nbd: nbd_name,
         });
-        let api = ApiServer::start(socket, shared.clone()).map_err(StorageError::io(socket))?;
+        let handler = shared.clone();
+        let api = HttpServer::start(socket, Arc::new(move |req| api::handle(&handler, req)))
+            .map_err(StorageError::io(socket))?;
         let nbd = match &opts.nbd {
             Some(listen) => {
                 let exports: Arc<dyn Exports> = storage.clone();
@@ -178,86 +179,6 @@ fn start_committer(storage: Arc<Storage>) -> Result<(mpsc::Sender<()>, JoinHandl
         })
         .map_err(StorageError::io("commit thread"))?;
     Ok((tx, thread))
-}
-
-/// The API's listener: a thread accepting connections, and one thread per connection (they
-/// are short: one request each, and the long operations run as jobs). Removes its socket
-/// when dropped.
-struct ApiServer {
-    path: PathBuf,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl ApiServer {
-    fn start(path: &Path, shared: Arc<Shared>) -> io::Result<ApiServer> {
-        if path.exists() {
-            // Nobody answered on it (checked first): a stale socket of a service that died.
-            std::fs::remove_file(path)?;
-        }
-        let listener = UnixListener::bind(path)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("api".into())
-            .spawn(move || {
-                for conn in listener.incoming() {
-                    if stopping.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    match conn {
-                        Ok(conn) => serve_connection(conn, shared.clone()),
-                        Err(e) => {
-                            tracing::warn!("API socket: {e}");
-                            // Out of file descriptors, say: do not spin.
-                            std::thread::sleep(Duration::from_millis(50));
-                        }
-                    }
-                }
-            })?;
-        Ok(ApiServer {
-            path: path.to_path_buf(),
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-fn serve_connection(conn: UnixStream, shared: Arc<Shared>) {
-    let spawned = std::thread::Builder::new()
-        .name("api-conn".into())
-        .spawn(move || {
-            if let Err(e) = handle_connection(conn, &shared) {
-                tracing::debug!("API connection: {e}");
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::warn!("API: cannot start a thread for a connection: {e}");
-    }
-}
-
-fn handle_connection(mut conn: UnixStream, shared: &Shared) -> io::Result<()> {
-    let reply = match http::read_request(&mut conn)? {
-        Ok(req) => {
-            let reply = api::handle(shared, &req);
-            tracing::debug!("API {} {} -> {}", req.method, req.path, reply.status);
-            reply
-        }
-        Err(refused) => refused,
-    };
-    http::write_reply(&mut conn, reply)
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Wake the accept loop so that it sees the flag.
-        let _ = UnixStream::connect(&self.path);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let _ = std::fs::remove_file(&self.path);
-    }
 }
 
 /// SIGINT and SIGTERM, blocked in every thread so that [`TerminationSignals::wait`] receives

@@ -5,6 +5,7 @@
 use super::*;
 use serde_json::Value;
 use std::io::{Read, Write};
+use std::os::unix::net::UnixListener;
 
 struct TempDir(PathBuf);
 

@@ -5,8 +5,7 @@ mod commands;
 mod show;
 
 use clap::{Args, Subcommand};
-use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use vireo_net::service::{Service, ServiceOptions, DEFAULT_SOCKET};
 use vireo_storage::service::TerminationSignals;
 
@@ -161,7 +160,11 @@ pub fn run(args: NetArgs) -> Result<(), String> {
         .socket
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
-    let c = Client { socket };
+    let c = Client {
+        socket,
+        serve: "vireo net serve",
+        default_socket: DEFAULT_SOCKET,
+    };
     match args.cmd {
         NetCmd::Serve(s) => serve(s, args.socket),
         NetCmd::Network { cmd } => commands::network(&c, cmd),
@@ -201,49 +204,7 @@ fn serve(a: ServeArgs, global_socket: Option<PathBuf>) -> Result<(), String> {
     Ok(())
 }
 
-/// Percent-encodes one path segment.
-fn seg(name: &str) -> String {
-    name.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-struct Client {
-    socket: PathBuf,
-}
-
-impl Client {
-    /// One API call; a non-2xx answer becomes its `error` message.
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let server = if self.socket == Path::new(DEFAULT_SOCKET) {
-            "vireo net serve --dir STATE_DIR".to_string()
-        } else {
-            format!(
-                "vireo net serve --dir STATE_DIR --socket {}",
-                self.socket.display()
-            )
-        };
-        let (status, text) = crate::client::request(&self.socket, method, path, &body, &server)?;
-        let value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        if (200..300).contains(&status) {
-            return Ok(value);
-        }
-        match value.get("error").and_then(Value::as_str) {
-            Some(msg) => Err(msg.to_string()),
-            None => Err(format!("{method} {path}: HTTP {status}: {value}")),
-        }
-    }
-}
+use crate::client::{path_segment as seg, ServiceClient as Client};
 
 #[cfg(test)]
 mod tests {

@@ -3,9 +3,7 @@
 use super::{s, show};
 use serde_json::Value;
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
-use vireo_storage::service::DEFAULT_SOCKET;
 
 /// Splits `POOL/VOL` (refusing a snapshot name).
 pub(super) fn volume_ref(name: &str) -> Result<(&str, &str), String> {
@@ -29,17 +27,7 @@ pub(super) fn snapshot_ref(name: &str) -> Result<(&str, &str, &str), String> {
     }
 }
 
-/// Percent-encodes one path segment.
-pub(super) fn seg(name: &str) -> String {
-    name.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'@' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+pub(super) use crate::client::path_segment as seg;
 
 pub(super) fn vol_path(p: &str, v: &str) -> String {
     format!("/api/v1/pools/{}/volumes/{}", seg(p), seg(v))
@@ -49,42 +37,7 @@ pub(super) fn snap_path(p: &str, v: &str, snap: &str) -> String {
     format!("{}/snapshots/{}", vol_path(p, v), seg(snap))
 }
 
-pub(super) struct Client {
-    pub(super) socket: PathBuf,
-}
-
-impl Client {
-    /// One API call; a non-2xx answer becomes its `error` message.
-    pub(super) fn call(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, String> {
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let server = if self.socket == Path::new(DEFAULT_SOCKET) {
-            "vireo storage serve --dir STATE_DIR".to_string()
-        } else {
-            format!(
-                "vireo storage serve --dir STATE_DIR --socket {}",
-                self.socket.display()
-            )
-        };
-        let (status, text) = crate::client::request(&self.socket, method, path, &body, &server)?;
-        let value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        if (200..300).contains(&status) {
-            return Ok(value);
-        }
-        match value.get("error").and_then(Value::as_str) {
-            Some(msg) => Err(msg.to_string()),
-            None => Err(format!("{method} {path}: HTTP {status}: {value}")),
-        }
-    }
-}
+pub(super) type Client = crate::client::ServiceClient;
 
 /// Polls a job until it ends, drawing its progress on stderr (redrawn in place on a
 /// terminal, one final line otherwise).

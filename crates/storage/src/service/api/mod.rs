@@ -9,7 +9,6 @@
 mod copies;
 mod objects;
 
-use super::http::{percent_decode, Reply, Request};
 use super::Shared;
 use crate::error::{Result, StorageError};
 use copies::{export, import, vhost_start, vhost_stop};
@@ -20,40 +19,19 @@ use objects::{
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use std::path::Path;
+use vireo_http::{segments, unrouted, Reply, Request};
 
 pub(crate) fn handle(svc: &Shared, req: &Request) -> Reply {
-    let Some(rest) = req.path.strip_prefix("/api/v1/") else {
-        return Reply::error(404, format!("no such endpoint: {}", req.path));
-    };
-    let segs: std::result::Result<Vec<String>, String> = rest
-        .trim_end_matches('/')
-        .split('/')
-        .map(percent_decode)
-        .collect();
-    let segs = match segs {
-        Ok(s) => s,
-        Err(e) => return Reply::error(400, e),
+    let segs = match segments(&req.path, "/api/v1/") {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => return Reply::error(400, e),
+        None => return Reply::error(404, format!("no such endpoint: {}", req.path)),
     };
     let s: Vec<&str> = segs.iter().map(String::as_str).collect();
     match route(svc, req, &s) {
         Some(Ok(reply)) => reply,
         Some(Err(e)) => Reply::error(e.http_status(), e.to_string()),
-        None => {
-            let allowed = methods(&s);
-            if allowed.is_empty() {
-                Reply::error(404, format!("no such endpoint: {}", req.path))
-            } else {
-                Reply::error(
-                    405,
-                    format!(
-                        "{} is not allowed on {}; use {}",
-                        req.method,
-                        req.path,
-                        allowed.join(" or ")
-                    ),
-                )
-            }
-        }
+        None => unrouted(req, methods(&s)),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Just enough HTTP/1.1 for a local management API on a Unix socket: one request per
 //! connection, a `Content-Length` body, `Connection: close` replies, JSON or text bodies.
 //!
-//! Written to be shared: [`HttpServer`] owns the listener (refusing to take over a socket
+//! The storage and network services share it: [`HttpServer`] owns the listener (refusing to take over a socket
 //! another service answers on, replacing a stale one, removing it when dropped) and calls a
 //! handler per request, so a service only supplies `Fn(&Request) -> Reply`. The socket is
 //! the host's, but a request is still checked and bounded: a malformed one gets a 4xx,
@@ -306,6 +306,23 @@ pub fn percent_decode(s: &str) -> Result<String, String> {
         }
     }
     String::from_utf8(out).map_err(|_| format!("{s:?} is not UTF-8 once decoded"))
+}
+
+/// The answer to a request no route took: 404 for an unknown path, 405 naming the `allowed`
+/// methods for a known one.
+pub fn unrouted(req: &Request, allowed: &[&str]) -> Reply {
+    if allowed.is_empty() {
+        return Reply::error(404, format!("no such endpoint: {}", req.path));
+    }
+    Reply::error(
+        405,
+        format!(
+            "{} is not allowed on {}; use {}",
+            req.method,
+            req.path,
+            allowed.join(" or ")
+        ),
+    )
 }
 
 #[cfg(test)]
