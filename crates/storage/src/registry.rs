@@ -58,11 +58,11 @@ impl Storage {
         // A device may belong to one pool only (Pool::create also finds other services'
         // labels on it).
         for pool in pools.values() {
-            for dev in pool.info().devices {
-                if devices.iter().any(|d| same_file(&d.path, &dev.path)) {
+            for path in pool.device_paths() {
+                if devices.iter().any(|d| same_file(&d.path, &path)) {
                     return Err(StorageError::Conflict(format!(
                         "{} is already a device of pool {}",
-                        dev.path.display(),
+                        path.display(),
                         pool.name()
                     )));
                 }
@@ -96,10 +96,7 @@ impl Storage {
 
     /// `POOL/VOL` of every volume, for export listings.
     pub fn export_names(&self) -> Vec<String> {
-        self.pools()
-            .iter()
-            .flat_map(|p| p.volumes().into_iter().map(|v| v.name))
-            .collect()
+        self.pools().iter().flat_map(|p| p.volume_names()).collect()
     }
 
     /// Makes every pool's acknowledged writes durable (at shutdown).

@@ -293,6 +293,9 @@ fn accept_loop(listener: Listener, shared: Arc<Shared>, exports: Arc<dyn Exports
     }
 }
 
+/// How long a client may take over each message of the handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Serves one client from greeting to hang-up.
 fn connection(stream: Stream, exports: &dyn Exports) {
     let peer = stream.peer();
@@ -303,9 +306,19 @@ fn connection(stream: Stream, exports: &dyn Exports) {
             return;
         }
     };
+    // A client that connects and says nothing must not hold a connection slot for ever;
+    // once in transmission, an idle client is normal.
+    let timed = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
     let mut reader = BufReader::with_capacity(READ_BUFFER, stream);
     match handshake::negotiate(&mut reader, &writer, exports) {
         Ok(Some(session)) => {
+            if timed.is_ok() {
+                if let Err(e) = reader.get_ref().set_read_timeout(None) {
+                    tracing::warn!("NBD {peer}: {e}");
+                    writer.shutdown();
+                    return;
+                }
+            }
             tracing::info!(export = %session.name, "NBD {peer} connected");
             transmission::serve(&session, &mut reader, &writer);
             tracing::info!(export = %session.name, "NBD {peer} disconnected");

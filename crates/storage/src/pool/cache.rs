@@ -1,6 +1,7 @@
 //! The bounded in-memory read cache (`--cache SIZE`): decoded blocks (decompressed,
 //! decrypted) by block id, least recently used first out. Raw blocks are left to the host's
-//! page cache. Ids are never reused, so only in-place writes need to invalidate.
+//! page cache. Only raw blocks are written in place and ids are never reused, so a cached
+//! block never goes stale.
 
 use super::types::CacheInfo;
 use std::collections::{BTreeMap, HashMap};
@@ -80,17 +81,6 @@ impl Cache {
         c.bytes += len;
     }
 
-    pub fn invalidate(&self, id: u64) {
-        if self.capacity == 0 {
-            return;
-        }
-        let mut c = self.lock();
-        if let Some((d, used)) = c.blocks.remove(&id) {
-            c.bytes -= d.len() as u64;
-            c.lru.remove(&used);
-        }
-    }
-
     pub fn info(&self) -> CacheInfo {
         let c = self.lock();
         CacheInfo {
@@ -116,10 +106,8 @@ mod tests {
         c.insert(4, vec![4; 100].into());
         assert!(c.get(2).is_none(), "2 was the least recently used");
         assert!(c.get(1).is_some() && c.get(3).is_some() && c.get(4).is_some());
-        c.invalidate(3);
-        assert!(c.get(3).is_none());
         let info = c.info();
-        assert_eq!(info.bytes, 200);
-        assert_eq!((info.hits, info.misses), (4, 2));
+        assert_eq!(info.bytes, 300);
+        assert_eq!((info.hits, info.misses), (4, 1));
     }
 }

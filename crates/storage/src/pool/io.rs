@@ -14,7 +14,7 @@ use super::{lock, Pool};
 use crate::block::{BlockDevice, Extent};
 use crate::error::StorageError;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vireo_virtio::rate_limiter::TokenBucket;
@@ -34,6 +34,8 @@ fn to_io(e: StorageError) -> io::Error {
 /// Counters and rate limits of one volume, shared by all its open handles.
 pub struct VolRuntime {
     counters: [AtomicU64; 8],
+    /// Whether `limits` holds a bucket: unlimited volumes (the usual case) skip its lock.
+    limited: AtomicBool,
     limits: Mutex<(Option<TokenBucket>, Option<TokenBucket>)>,
     epoch: Instant,
 }
@@ -58,6 +60,7 @@ impl VolRuntime {
     pub fn new(iops: Option<u64>, bps: Option<u64>) -> VolRuntime {
         VolRuntime {
             counters: Default::default(),
+            limited: AtomicBool::new(iops.is_some() || bps.is_some()),
             limits: Mutex::new((bucket(iops), bucket(bps))),
             epoch: Instant::now(),
         }
@@ -65,6 +68,8 @@ impl VolRuntime {
 
     pub fn set_limits(&self, iops: Option<u64>, bps: Option<u64>) {
         *lock(&self.limits) = (bucket(iops), bucket(bps));
+        self.limited
+            .store(iops.is_some() || bps.is_some(), Ordering::Relaxed);
     }
 
     fn count(&self, c: Counter, n: u64) {
@@ -73,6 +78,9 @@ impl VolRuntime {
 
     /// Waits until the volume's buckets hold one operation and `bytes`.
     fn throttle(&self, bytes: u64) {
+        if !self.limited.load(Ordering::Relaxed) {
+            return;
+        }
         let mut waited = false;
         loop {
             let wait = {
@@ -189,6 +197,19 @@ impl Volume {
         Ok(())
     }
 
+    /// A flush (also what FUA does), counted as one; errors are counted by the caller.
+    fn commit(&self) -> io::Result<()> {
+        self.rt.count(Counter::Flushes, 1);
+        self.pool.commit().map_err(to_io)
+    }
+
+    fn unmap(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.rt.throttle(0);
+        self.rt.count(Counter::Trims, 1);
+        self.pool.trim(self, offset, len)
+    }
+
+    /// Counts a failed request once.
     fn counted<T>(&self, r: io::Result<T>) -> io::Result<T> {
         if r.is_err() {
             self.rt.count(Counter::Errors, 1);
@@ -231,36 +252,33 @@ impl BlockDevice for Volume {
         self.rt.count(Counter::WrittenBytes, data.len() as u64);
         let mut r = self.pool.write(self, data, offset);
         if r.is_ok() && fua {
-            r = self.flush();
+            r = self.commit();
         }
         self.counted(r)
     }
 
     fn flush(&self) -> io::Result<()> {
-        self.rt.count(Counter::Flushes, 1);
-        let r = self.pool.commit().map_err(to_io);
+        let r = self.commit();
         self.counted(r)
     }
 
     fn trim(&self, offset: u64, len: u64) -> io::Result<()> {
         self.writable()?;
-        self.rt.throttle(0);
-        self.rt.count(Counter::Trims, 1);
-        let r = self.pool.trim(self, offset, len);
+        let r = self.unmap(offset, len);
         self.counted(r)
     }
 
     fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool, fua: bool) -> io::Result<()> {
         self.writable()?;
         let mut r = if may_unmap {
-            self.trim(offset, len)
+            self.unmap(offset, len)
         } else {
             self.rt.throttle(len);
             self.rt.count(Counter::Writes, 1);
             self.pool.write_zeroes(self, offset, len)
         };
         if r.is_ok() && fua {
-            r = self.flush();
+            r = self.commit();
         }
         self.counted(r)
     }
@@ -268,27 +286,47 @@ impl BlockDevice for Volume {
     fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
         let st = self.pool.read_state();
         self.check(&st, offset, len)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
         let bs = self.pool.block_size;
         let vol = st.vol(self.vid).map_err(to_io)?;
         let end = offset + len;
-        let mut out: Vec<Extent> = Vec::new();
+        // Runs of mapped blocks, from the tree (holes cost nothing to skip). Enough for one
+        // answer: past MAX_RUNS the client asks again for the rest.
+        const MAX_RUNS: usize = 512;
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        let mut full = false;
+        vol.map
+            .for_each(offset / bs, (end - 1) / bs + 1, &mut |idx, _| {
+                if full {
+                    return;
+                }
+                if let Some(run) = runs.last_mut().filter(|r| r.1 == idx) {
+                    run.1 += 1;
+                } else if runs.len() == MAX_RUNS {
+                    full = true;
+                } else {
+                    runs.push((idx, idx + 1));
+                }
+            });
+        let extent = |len, hole| Extent {
+            len,
+            hole,
+            zero: hole,
+        };
+        let mut out = Vec::new();
         let mut pos = offset;
-        while pos < end {
-            let next = ((pos / bs + 1) * bs).min(end);
-            let hole = vol.map.get(pos / bs) == 0;
-            match out.last_mut() {
-                Some(last) if last.hole == hole => last.len += next - pos,
-                _ => out.push(Extent {
-                    len: next - pos,
-                    hole,
-                    zero: hole,
-                }),
+        for (first, last) in runs {
+            let (start, stop) = ((first * bs).max(offset), (last * bs).min(end));
+            if start > pos {
+                out.push(extent(start - pos, true));
             }
-            pos = next;
-            // Enough for one answer: a client asks again for the rest.
-            if out.len() >= 1024 {
-                break;
-            }
+            out.push(extent(stop - start, false));
+            pos = stop;
+        }
+        if !full && pos < end {
+            out.push(extent(end - pos, true));
         }
         Ok(out)
     }
@@ -365,36 +403,38 @@ impl Pool {
         Ok(())
     }
 
-    /// The block at `idx` if it may be overwritten in place: raw, held by this map alone,
-    /// not deduplicated, and (when encrypted) written in whole sectors.
-    fn in_place(&self, st: &State, vid: u32, p: &Piece) -> Option<(u64, Loc)> {
+    /// Where the block at `idx` is, if it may be overwritten in place: raw, held by this map
+    /// alone, not deduplicated, and (when encrypted) written in whole sectors. Counts the
+    /// access in its heat.
+    fn in_place(&self, st: &State, vid: u32, p: &Piece) -> Option<Loc> {
         if self.dedup {
             return None;
         }
         let map = &st.vols.get(&vid)?.map;
-        let id = map.get(p.idx);
-        let rec = st.blocks.get(&id)?;
+        let rec = st.blocks.get(&map.get(p.idx))?;
         let aligned = (p.off as u64).is_multiple_of(SECTOR)
             && ((p.end - p.start) as u64).is_multiple_of(SECTOR);
         let ok = rec.loc.codec == RAW
             && rec.refs == 1
             && (aligned || !self.codec.encrypted())
             && map.exclusive(p.idx);
-        ok.then_some((id, rec.loc))
+        if ok {
+            rec.heat.fetch_add(1, Ordering::Relaxed);
+        }
+        ok.then_some(rec.loc)
     }
 
-    fn write_in_place(&self, id: u64, loc: &Loc, p: &Piece, data: &[u8]) -> io::Result<()> {
+    /// Raw blocks are never cached (see `cache`), so nothing goes stale here.
+    fn write_in_place(&self, loc: &Loc, p: &Piece, data: &[u8]) -> io::Result<()> {
         let dev = self.device(loc.dev)?;
         if self.codec.encrypted() {
             let mut buf = data.to_vec();
             let first = p.off as u64 / SECTOR;
             self.codec.encrypt(&mut buf, Pool::tweak(loc, first));
-            dev.write(&buf, loc.sector, p.off as u64)?;
-            self.cache.invalidate(id);
+            dev.write(&buf, loc.sector, p.off as u64)
         } else {
-            dev.write(data, loc.sector, p.off as u64)?;
+            dev.write(data, loc.sector, p.off as u64)
         }
-        Ok(())
     }
 
     fn write(&self, vol: &Volume, data: &[u8], offset: u64) -> io::Result<()> {
@@ -404,10 +444,7 @@ impl Pool {
             vol.check(&st, offset, data.len() as u64)?;
             for p in pieces(offset, data.len(), self.block_size) {
                 match self.in_place(&st, vol.vid, &p) {
-                    Some((id, loc)) => {
-                        st.heat(id);
-                        self.write_in_place(id, &loc, &p, &data[p.start..p.end])?;
-                    }
+                    Some(loc) => self.write_in_place(&loc, &p, &data[p.start..p.end])?,
                     None => slow.push(p),
                 }
             }
@@ -449,8 +486,8 @@ impl Pool {
 
     /// Writes part of a block through a new block (under the write lock).
     fn write_block(&self, st: &mut State, vid: u32, p: &Piece, data: &[u8]) -> io::Result<()> {
-        if let Some((id, loc)) = self.in_place(st, vid, p) {
-            return self.write_in_place(id, &loc, p, data);
+        if let Some(loc) = self.in_place(st, vid, p) {
+            return self.write_in_place(&loc, p, data);
         }
         let old = st.vol(vid).map_err(to_io)?.map.get(p.idx);
         let thick_new = old == 0 && st.vols.get(&vid).is_some_and(|v| v.meta.thick);
@@ -619,23 +656,19 @@ impl Pool {
         let end = offset + len;
         while pos < end {
             let n = (bs - pos % bs).min(end - pos);
-            let hole = {
+            // A hole of a thin volume reads as zeros already; a thick volume keeps written
+            // zeros allocated.
+            let skip = {
                 let st = self.read_state();
                 vol.check(&st, pos, n)?;
-                st.vol(vol.vid).map_err(to_io)?.map.get(pos / bs) == 0
+                let v = st.vol(vol.vid).map_err(to_io)?;
+                !v.meta.thick && v.map.get(pos / bs) == 0
             };
-            if !hole || !vol.pool.thin(vol.vid) {
+            if !skip {
                 self.write(vol, &zeros[..n as usize], pos)?;
             }
             pos += n;
         }
         Ok(())
-    }
-
-    /// Whether holes of the volume are acceptable zeros (thin), or it keeps space
-    /// allocated (thick volumes keep written zeros allocated).
-    fn thin(&self, vid: u32) -> bool {
-        let st = self.read_state();
-        st.vols.get(&vid).is_some_and(|v| !v.meta.thick)
     }
 }

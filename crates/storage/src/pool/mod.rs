@@ -224,9 +224,12 @@ impl Pool {
             StorageError::Invalid(format!("{}: corrupt checkpoint: {e}", dir.display()))
         })?;
         let jpath = journal::journal_path(dir, generation);
-        let records = std::fs::read(&jpath)
-            .map(|d| journal::decode_all(&d))
-            .unwrap_or_default();
+        let records = match std::fs::read(&jpath) {
+            Ok(data) => journal::decode_all(&data),
+            // A crash between the checkpoint's rename and the journal's creation.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(StorageError::io(&jpath)(e)),
+        };
         tracing::info!(pool = %cfg.name, records = records.len(), "replaying the journal");
         for rec in records {
             st.apply(rec);
@@ -565,6 +568,25 @@ impl Pool {
         }
     }
 
+    /// `POOL/VOL` of every volume (not snapshots): cheaper than [`Pool::volumes`].
+    pub fn volume_names(&self) -> Vec<String> {
+        let st = self.read_state();
+        st.vols
+            .values()
+            .filter(|v| v.meta.snapshot_of.is_none())
+            .map(|v| self.full_name(&v.meta.name))
+            .collect()
+    }
+
+    /// The paths of the pool's devices.
+    pub fn device_paths(&self) -> Vec<PathBuf> {
+        lock(&self.config)
+            .devices
+            .iter()
+            .map(|d| d.path.clone())
+            .collect()
+    }
+
     pub fn volumes(&self) -> Vec<VolumeInfo> {
         let st = self.read_state();
         st.vols
@@ -718,17 +740,29 @@ impl Pool {
             )
         };
         let devices: Vec<Arc<Device>> = self.devices().clone();
-        for d in &devices {
-            d.sync().map_err(StorageError::io(&d.path))?;
+        let durable = (|| {
+            for d in &devices {
+                d.sync().map_err(StorageError::io(&d.path))?;
+            }
+            if !buf.is_empty() {
+                let jpath = journal::journal_path(&self.dir, j.generation);
+                j.file
+                    .write_all_at(&buf, j.len)
+                    .and_then(|_| j.file.sync_data())
+                    .map_err(StorageError::io(&jpath))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = durable {
+            // Nothing of it is durable: the next commit writes it all again, at the same
+            // place in the journal, before what was logged since.
+            let mut st = self.write_state();
+            let mut later = std::mem::replace(&mut st.journal, buf);
+            st.journal.append(&mut later);
+            st.pending.restore(pending);
+            return Err(e);
         }
-        let jpath = journal::journal_path(&self.dir, j.generation);
-        if !buf.is_empty() {
-            j.file
-                .write_all_at(&buf, j.len)
-                .and_then(|_| j.file.sync_data())
-                .map_err(StorageError::io(&jpath))?;
-            j.len += buf.len() as u64;
-        }
+        j.len += buf.len() as u64;
         let mut st = self.write_state();
         self.release(&mut st, &devices, pending);
         if j.len > CHECKPOINT_AFTER {
@@ -746,8 +780,8 @@ impl Pool {
         Ok(())
     }
 
-    fn release(&self, st: &mut State, devices: &[Arc<Device>], pending: Vec<(u16, u64, u64)>) {
-        for (dev, sector, n) in pending {
+    fn release(&self, st: &mut State, devices: &[Arc<Device>], pending: state::Pending) {
+        for (dev, sector, n) in pending.runs {
             if let (Some(a), Some(d)) = (st.allocs.get_mut(dev as usize), devices.get(dev as usize))
             {
                 a.release(sector, n);

@@ -8,7 +8,7 @@ use super::journal::{Checkpoint, Loc, Record, VolMeta};
 use super::tree::{BlockMap, Forest};
 use crate::error::{Result, StorageError};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 
 pub struct BlockRec {
     pub loc: Loc,
@@ -26,6 +26,27 @@ pub struct Vol {
     pub mapped: u64,
 }
 
+/// Runs of sectors (device, start, count) freed since the last commit, and their total.
+#[derive(Default)]
+pub struct Pending {
+    pub runs: Vec<(u16, u64, u64)>,
+    pub sectors: u64,
+}
+
+impl Pending {
+    fn push(&mut self, loc: &Loc) {
+        self.runs.push((loc.dev, loc.sector, u64::from(loc.nsect)));
+        self.sectors += u64::from(loc.nsect);
+    }
+
+    /// Puts back runs taken by a commit that failed, ahead of the ones freed since.
+    pub fn restore(&mut self, mut taken: Pending) {
+        taken.runs.append(&mut self.runs);
+        taken.sectors += self.sectors;
+        *self = taken;
+    }
+}
+
 #[derive(Default)]
 pub struct State {
     pub vols: BTreeMap<u32, Vol>,
@@ -36,9 +57,7 @@ pub struct State {
     /// Per device; rebuilt from the block table at open.
     pub allocs: Vec<Allocator>,
     /// Sectors freed since the last commit: reusable once that commit is durable.
-    pub pending: Vec<(u16, u64, u64)>,
-    /// Ids freed since the caches last looked.
-    pub freed: Vec<u64>,
+    pub pending: Pending,
     /// Encoded records not yet in the journal file.
     pub journal: Vec<u8>,
     pub block_size: u64,
@@ -84,9 +103,7 @@ impl State {
             Record::Move { id, loc } => {
                 if let Some(b) = self.blocks.get_mut(&id) {
                     let old = std::mem::replace(&mut b.loc, loc);
-                    self.pending
-                        .push((old.dev, old.sector, u64::from(old.nsect)));
-                    self.freed.push(id);
+                    self.pending.push(&old);
                 }
             }
             Record::Set { vid, idx, id } => {
@@ -172,18 +189,13 @@ impl State {
                     self.ddt.remove(&h);
                 }
             }
-            self.pending
-                .push((b.loc.dev, b.loc.sector, u64::from(b.loc.nsect)));
-            self.freed.push(id);
+            self.pending.push(&b.loc);
         }
     }
 
     /// Bytes freed since the last commit.
     pub fn pending_bytes(&self) -> u64 {
-        self.pending
-            .iter()
-            .map(|&(_, _, n)| n * super::alloc::SECTOR)
-            .sum()
+        self.pending.sectors * super::alloc::SECTOR
     }
 
     /// Bytes thick volumes have reserved and not yet written.
@@ -268,13 +280,6 @@ impl State {
             .zip(used)
             .map(|(&end, u)| Allocator::new(DATA_START, end, u))
             .collect();
-        self.pending.clear();
-        self.freed.clear();
-    }
-
-    pub fn heat(&self, id: u64) {
-        if let Some(b) = self.blocks.get(&id) {
-            b.heat.fetch_add(1, Ordering::Relaxed);
-        }
+        self.pending = Pending::default();
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 /// How often the background pass runs (`VIREO_TIER_INTERVAL` seconds overrides).
 const INTERVAL: Duration = Duration::from_secs(30);
-/// Blocks moved per pass at most: a pass holds the pool's write lock.
+/// Blocks moved per pass at most (each move holds the pool's write lock while it copies).
 const MAX_MOVES: usize = 4096;
 /// A block must have been touched this often to earn a fast device.
 const MIN_HEAT: u32 = 2;
@@ -59,7 +59,7 @@ impl Pool {
             return Ok(0);
         }
         let hot = {
-            let st = self.write_state();
+            let st = self.read_state();
             let mut hot: Vec<(u32, u64)> = self.heat_on(&st, Tier::Capacity, &tiers);
             hot.retain(|&(heat, _)| heat >= MIN_HEAT);
             hot.reverse(); // hottest first
@@ -74,7 +74,7 @@ impl Pool {
             moved += self.promote(&waiting, &tiers, false)?.0;
         }
         {
-            let st = self.write_state();
+            let st = self.read_state();
             for b in st.blocks.values() {
                 let h = b.heat.load(Ordering::Relaxed);
                 b.heat.store(h / 2, Ordering::Relaxed);
@@ -106,15 +106,16 @@ impl Pool {
         tiers: &[Tier],
         demote: bool,
     ) -> Result<(u64, Vec<(u32, u64)>)> {
-        let mut st = self.write_state();
         let cold = if demote {
-            self.heat_on(&st, Tier::Fast, tiers)
+            self.heat_on(&self.read_state(), Tier::Fast, tiers)
         } else {
             Vec::new()
         };
         let mut cold = cold.into_iter();
         let (mut moved, mut waiting) = (0, Vec::new());
         for &(heat, id) in hot {
+            // The write lock for one move at a time: I/O goes on between moves.
+            let mut st = self.write_state();
             if self.move_block(&mut st, id, Tier::Fast, tiers)? {
                 moved += 1;
                 continue;

@@ -47,6 +47,9 @@ pub(crate) struct Shared {
     storage: Arc<Storage>,
     jobs: Jobs,
     vhost: VhostExports,
+    /// Held while an import starts or a vhost-user export starts: each checks that the
+    /// other is not using the volume, and this makes check and start one step.
+    claims: std::sync::Mutex<()>,
     /// Where NBD is served (`unix:PATH` or `tcp:HOST:PORT`), for `stats`.
     nbd: Option<String>,
 }
@@ -88,6 +91,7 @@ impl Service {
             storage: storage.clone(),
             jobs: Jobs::default(),
             vhost: VhostExports::default(),
+            claims: std::sync::Mutex::new(()),
             nbd: nbd_name,
         });
         let handler = shared.clone();

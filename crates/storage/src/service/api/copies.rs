@@ -23,14 +23,16 @@ pub(super) fn import(svc: &Shared, p: &str, v: &str, req: &Request) -> Result<Re
     absolute(&b.file, "image")?;
     let pool = svc.storage.pool(p)?;
     let name = format!("{p}/{v}");
+    let claims = svc.claims.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(socket) = svc.vhost.serving(&name) {
+        return Err(StorageError::Conflict(format!(
+            "{name} is served over vhost-user on {}: stop the export before importing into it",
+            socket.display()
+        )));
+    }
     let job = svc.jobs.begin("import", &name, b.file.clone())?;
+    drop(claims);
     let prepared = (|| {
-        if let Some(socket) = svc.vhost.serving(&name) {
-            return Err(StorageError::Conflict(format!(
-                "{name} is served over vhost-user on {}: stop the export before importing into it",
-                socket.display()
-            )));
-        }
         let src = Source::open(&b.file)?;
         let size = src.size();
         let fresh = match pool.volume_info(v) {
@@ -166,6 +168,7 @@ pub(super) fn vhost_start(svc: &Shared, req: &Request) -> Result<Reply> {
     let base = vol.split('@').next().unwrap_or(vol);
     svc.storage.pool(pool)?.volume_info(base)?;
     // A VM must not boot from a half-imported disk.
+    let _claims = svc.claims.lock().unwrap_or_else(|p| p.into_inner());
     svc.jobs.check_not_importing(&format!("{pool}/{base}"))?;
     let v = svc.vhost.start(&svc.storage, &b.volume, &b.socket)?;
     Ok(Reply::with_status(201, v))

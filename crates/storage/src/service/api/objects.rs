@@ -92,13 +92,10 @@ pub(super) fn volume_delete(svc: &Shared, p: &str, v: &str) -> Result<Reply> {
     let pool = svc.storage.pool(p)?;
     let name = format!("{p}/{v}");
     svc.jobs.check_idle(&name)?;
-    // Clones keep it: let the pool refuse before its exports are stopped.
-    if pool.snapshots(v)?.iter().any(|s| !s.clones.is_empty()) {
-        pool.volume_delete(v)?;
-    }
-    // Its exports go first: they hold the volume (and its snapshots) open.
-    svc.vhost.stop_volume(&name);
+    // The pool refuses while clones depend on it; once it is gone, its exports (and its
+    // snapshots') only hold a volume whose I/O fails: stop them.
     pool.volume_delete(v)?;
+    svc.vhost.stop_volume(&name);
     tracing::info!("deleted volume {name}");
     Ok(Reply::no_content())
 }
