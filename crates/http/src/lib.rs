@@ -9,6 +9,8 @@
 
 use serde_json::{json, Value};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::io::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -73,28 +75,81 @@ impl Reply {
 /// What a service answers requests with.
 pub type Handler = Arc<dyn Fn(&Request) -> Reply + Send + Sync>;
 
+/// A Unix socket path this process listens on. Claiming it replaces a stale socket (left by
+/// a process that died) but never a live one or a file that is not a socket; dropping it
+/// removes the socket only if it is still ours (not replaced meanwhile).
+pub struct SocketPath {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl SocketPath {
+    /// Listens on `path`; `what` names the socket in errors (e.g. "vhost-user socket").
+    pub fn bind(path: &Path, what: &str) -> io::Result<(UnixListener, SocketPath)> {
+        let shown = path.display();
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{what} {shown} exists and is not a socket; remove it or choose another path"),
+                ));
+            }
+            if UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{what} {shown} is in use by another process; stop it or choose another path"),
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
+        let listener = UnixListener::bind(path).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot listen on {what} {shown}: {e}"))
+        })?;
+        let meta = std::fs::metadata(path)?;
+        let claimed = SocketPath {
+            path: path.to_path_buf(),
+            id: (meta.dev(), meta.ino()),
+        };
+        Ok((listener, claimed))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SocketPath {
+    fn drop(&mut self) {
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
+            if (meta.dev(), meta.ino()) == self.id {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+/// Makes a thread blocked in `accept()` on the listening socket that `dup` duplicates
+/// return (with an error), whatever became of the socket's path.
+pub fn wake_accept(dup: &UnixListener) {
+    // SAFETY: shutdown(2) on a descriptor we own; it only ends the socket's listening.
+    unsafe { libc::shutdown(dup.as_raw_fd(), libc::SHUT_RDWR) };
+}
+
 /// A listener on a Unix socket: a thread accepting connections and one short thread per
 /// connection (one request each). Removes its socket when dropped.
 pub struct HttpServer {
-    path: PathBuf,
     stop: Arc<AtomicBool>,
+    wake: UnixListener,
     thread: Option<JoinHandle<()>>,
+    _socket: SocketPath,
 }
 
 impl HttpServer {
     /// Fails with `AddrInUse` when another process answers on `path`: a live socket is
     /// never taken over (a stale one, left by a crash, is replaced).
     pub fn start(path: &Path, handler: Handler) -> io::Result<HttpServer> {
-        if UnixStream::connect(path).is_ok() {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                "another service is listening on it",
-            ));
-        }
-        if path.exists() {
-            std::fs::remove_file(path)?;
-        }
-        let listener = UnixListener::bind(path)?;
+        let (listener, socket) = SocketPath::bind(path, "API socket")?;
+        let wake = listener.try_clone()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let thread = std::thread::Builder::new()
@@ -115,9 +170,10 @@ impl HttpServer {
                 }
             })?;
         Ok(HttpServer {
-            path: path.to_path_buf(),
             stop,
+            wake,
             thread: Some(thread),
+            _socket: socket,
         })
     }
 }
@@ -125,12 +181,10 @@ impl HttpServer {
 impl Drop for HttpServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        // Wake the accept loop so that it sees the flag.
-        let _ = UnixStream::connect(&self.path);
+        wake_accept(&self.wake);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 

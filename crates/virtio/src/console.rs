@@ -228,38 +228,41 @@ impl Port {
 
     /// Writes every transmit chain's bytes to the console output.
     fn transmit(&mut self) {
-        loop {
-            let _ = self.tx.queue.disable_notification(&self.mem);
-            let mut served = false;
-            while let Some(chain) = self.tx.queue.pop_descriptor_chain(&self.mem) {
-                served = true;
-                let head = chain.head_index();
-                if let Err(e) = self.drain(&chain) {
-                    tracing::debug!("virtio-console: bad transmit buffer: {e}");
-                    self.counters.errors.fetch_add(1, Relaxed);
-                }
-                device::complete(&mut self.tx, &self.mem, self.interrupt.as_ref(), head, 0);
+        let Port {
+            tx,
+            mem,
+            interrupt,
+            output,
+            counters,
+            ..
+        } = self;
+        device::drain(tx, mem, "virtio-console", |q, chain| {
+            if let Err(e) = write_out(&chain, mem, output, counters) {
+                tracing::debug!("virtio-console: bad transmit buffer: {e}");
+                counters.errors.fetch_add(1, Relaxed);
             }
-            match self.tx.queue.enable_notification(&self.mem) {
-                // As in rng.rs: a bogus index pops nothing and must not make us spin.
-                Ok(true) if served => continue,
-                _ => return,
-            }
-        }
+            device::complete(q, mem, interrupt.as_ref(), chain.head_index(), 0);
+        });
     }
+}
 
-    fn drain(&self, chain: &DescriptorChain<&GuestMemory>) -> std::io::Result<()> {
-        let mut r = chain
-            .clone()
-            .reader(&self.mem)
-            .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
-        let mut data = vec![0u8; r.available_bytes().min(MAX_CHAIN_OUTPUT)];
-        r.read_exact(&mut data)?;
-        self.counters.tx_bytes.fetch_add(data.len() as u64, Relaxed);
-        let mut out = self.output.lock().unwrap_or_else(|p| p.into_inner());
-        out.write_all(&data)?;
-        out.flush()
-    }
+/// Copies a transmit chain's bytes to the console output.
+fn write_out(
+    chain: &DescriptorChain<&GuestMemory>,
+    mem: &GuestMemory,
+    output: &Mutex<Box<dyn Write + Send>>,
+    counters: &Counters,
+) -> std::io::Result<()> {
+    let mut r = chain
+        .clone()
+        .reader(mem)
+        .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+    let mut data = vec![0u8; r.available_bytes().min(MAX_CHAIN_OUTPUT)];
+    r.read_exact(&mut data)?;
+    counters.tx_bytes.fetch_add(data.len() as u64, Relaxed);
+    let mut out = output.lock().unwrap_or_else(|p| p.into_inner());
+    out.write_all(&data)?;
+    out.flush()
 }
 
 #[cfg(test)]

@@ -99,6 +99,36 @@ pub fn report_writes(writes: &Option<Arc<dyn GuestWrites>>, chain: &DescriptorCh
     }
 }
 
+/// Hands every available chain of `q` to `each`, re-checking after re-enabling notifications
+/// so that a chain posted meanwhile is not left waiting for a kick the driver will not send.
+/// A driver index further ahead than the ring is long pops nothing while notifications keep
+/// saying "more": the loop ends then instead of spinning.
+pub fn drain(
+    q: &mut QueueHandle,
+    mem: &GuestMemory,
+    device: &str,
+    mut each: impl FnMut(&mut QueueHandle, DescriptorChain<&GuestMemory>),
+) {
+    loop {
+        if let Err(e) = q.queue.disable_notification(mem) {
+            tracing::warn!("{device}: {e}");
+        }
+        let mut served = false;
+        while let Some(chain) = q.queue.pop_descriptor_chain(mem) {
+            served = true;
+            each(q, chain);
+        }
+        match q.queue.enable_notification(mem) {
+            Ok(true) if served => continue,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!("{device}: {e}");
+                return;
+            }
+        }
+    }
+}
+
 /// Returns a used chain to the driver and interrupts it if the driver asked to be told (EVENT_IDX
 /// or the NO_INTERRUPT flag).
 pub fn complete(

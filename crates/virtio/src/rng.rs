@@ -8,7 +8,6 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use virtio_queue::QueueT;
 
 const QUEUE_SIZE: u16 = 256;
 /// The most bytes one request gets: the guest may post a buffer as large as its memory, and
@@ -93,35 +92,18 @@ fn serve(
     writes: &Option<Arc<dyn device::GuestWrites>>,
     counters: &Counters,
 ) {
-    loop {
-        if let Err(e) = q.queue.disable_notification(mem) {
-            tracing::warn!("virtio-rng: {e}");
-        }
-        let mut served = false;
-        while let Some(chain) = q.queue.pop_descriptor_chain(mem) {
-            served = true;
-            let head = chain.head_index();
-            let written = fill(&chain, mem).unwrap_or_else(|e| {
-                tracing::debug!("virtio-rng: bad request: {e}");
-                counters.errors.fetch_add(1, Relaxed);
-                0
-            });
-            counters.requests.fetch_add(1, Relaxed);
-            counters.bytes.fetch_add(written as u64, Relaxed);
-            device::report_writes(writes, &chain);
-            device::complete(q, mem, interrupt, head, written as u32);
-        }
-        match q.queue.enable_notification(mem) {
-            // More is available, unless the driver's index is bogus (further ahead than the
-            // ring is long): then nothing pops and looping again would spin forever.
-            Ok(true) if served => continue,
-            Ok(_) => return,
-            Err(e) => {
-                tracing::warn!("virtio-rng: {e}");
-                return;
-            }
-        }
-    }
+    device::drain(q, mem, "virtio-rng", |q, chain| {
+        let head = chain.head_index();
+        let written = fill(&chain, mem).unwrap_or_else(|e| {
+            tracing::debug!("virtio-rng: bad request: {e}");
+            counters.errors.fetch_add(1, Relaxed);
+            0
+        });
+        counters.requests.fetch_add(1, Relaxed);
+        counters.bytes.fetch_add(written as u64, Relaxed);
+        device::report_writes(writes, &chain);
+        device::complete(q, mem, interrupt, head, written as u32);
+    });
 }
 
 fn fill(

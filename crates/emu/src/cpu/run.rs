@@ -131,9 +131,11 @@ impl Cpu {
             if kick.load(Relaxed) {
                 return Stop::Kicked;
             }
-            // Acquire: a device sets its write log's flag before this one (cpu/dma.rs).
-            if attention.load(Acquire) {
-                attention.store(false, Relaxed);
+            // A device sets its write log's flag before this one (cpu/dma.rs). Taking the flag
+            // with one swap (Acquire) means a device that raises it again after we looked is
+            // never overwritten: its raise stays for the next block. The plain load first keeps
+            // the common, quiet case free of a locked instruction.
+            if attention.load(Relaxed) && attention.swap(false, Acquire) {
                 irq_waiting = true;
                 if self.device_writes.pending() {
                     self.apply_device_writes();

@@ -107,17 +107,22 @@ pub fn shift_vnet_hdr(hdr: &[u8], delta: i32) -> Option<[u8; VNET_HDR_LEN]> {
     let mut out: [u8; VNET_HDR_LEN] = hdr.get(..VNET_HDR_LEN)?.try_into().ok()?;
     let flags = *out.first()?;
     let gso_type = *out.get(1)?;
-    let min = (ETH_HDR_LEN + VLAN_TAG_LEN) as i32;
+    // The Ethernet header of the frame as it comes in: with its tag when one is removed.
+    let header_in = if delta > 0 {
+        ETH_HDR_LEN
+    } else {
+        ETH_HDR_LEN + VLAN_TAG_LEN
+    } as i32;
     let shift = |out: &mut [u8; VNET_HDR_LEN], at: usize| -> Option<()> {
         let v = i32::from(u16::from_le_bytes([*out.get(at)?, *out.get(at + 1)?]));
         // Linux fills hdr_len in (at least the MAC header); 0 means "unknown", left as is.
         if v == 0 && at == 2 {
             return Some(());
         }
-        let nv = v.checked_add(delta)?;
-        if nv < min - VLAN_TAG_LEN as i32 || (delta < 0 && v < min) {
+        if v < header_in {
             return None;
         }
+        let nv = v.checked_add(delta)?;
         let nv = u16::try_from(nv).ok()?;
         out.get_mut(at..at + 2)?.copy_from_slice(&nv.to_le_bytes());
         Some(())
@@ -223,6 +228,8 @@ mod tests {
         assert_eq!(shift_vnet_hdr(&hdr(F_NEEDS_CSUM, 0, 0, 10), -4), None);
         assert_eq!(shift_vnet_hdr(&hdr(F_NEEDS_CSUM, 0, 0, 16), -4), None);
         assert_eq!(shift_vnet_hdr(&hdr(F_NEEDS_CSUM, 0, 0, 0xfffe), 4), None);
+        // Adding a tag to a frame whose checksum starts inside its (untagged) header.
+        assert_eq!(shift_vnet_hdr(&hdr(F_NEEDS_CSUM, 0, 0, 12), 4), None);
         assert_eq!(shift_vnet_hdr(&[0u8; 5], 4), None);
     }
 }

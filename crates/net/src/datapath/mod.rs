@@ -235,15 +235,16 @@ impl Datapath {
             };
             ports.remove(i)
         };
+        port.stop();
+        if let Some(t) = c.threads.remove(&port.id) {
+            let _ = t.join();
+        }
+        // Only now: until its thread stopped, the port could learn addresses again.
         self.switch
             .macs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .forget_port(port.id);
-        port.stop();
-        if let Some(t) = c.threads.remove(&port.id) {
-            let _ = t.join();
-        }
         // The thread's reference is gone: this drop closes the tap, which the kernel then
         // deletes (unless it existed before the port, persistent).
         drop(port);

@@ -12,7 +12,7 @@ use super::switch::Switch;
 use super::{PortConfig, PortStats, PortVlan};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vireo_virtio::net::{Tap, MAX_PACKET_LEN, VNET_HDR_LEN};
@@ -60,6 +60,8 @@ pub struct Port {
     tap: Tap,
     /// Ingress shaping: frames from the tap wait for tokens (bytes). `None`: unlimited.
     qos: Mutex<Option<TokenBucket>>,
+    /// Whether `qos` holds a bucket: unshaped ports (the usual case) skip its lock per frame.
+    shaped: AtomicBool,
     origin: Instant,
     stop: EventFd,
 }
@@ -80,6 +82,7 @@ impl Port {
             counters: Counters::default(),
             tap,
             qos: Mutex::new(None),
+            shaped: AtomicBool::new(false),
             origin: Instant::now(),
             stop: EventFd::new(EFD_NONBLOCK)?,
         })
@@ -90,7 +93,9 @@ impl Port {
     }
 
     pub fn set_qos(&self, bucket: Option<TokenBucket>) {
-        *self.qos.lock().unwrap_or_else(|e| e.into_inner()) = bucket;
+        let mut qos = self.qos.lock().unwrap_or_else(|e| e.into_inner());
+        self.shaped.store(bucket.is_some(), Relaxed);
+        *qos = bucket;
     }
 
     /// Asks the forwarding thread to return.
@@ -168,6 +173,9 @@ impl Port {
     /// How long the frame of `len` bytes must wait for QoS tokens; zero when it may go (its
     /// tokens are then taken).
     fn shape(&self, len: usize) -> Duration {
+        if !self.shaped.load(Relaxed) {
+            return Duration::ZERO;
+        }
         let mut qos = self.qos.lock().unwrap_or_else(|e| e.into_inner());
         let Some(bucket) = qos.as_mut() else {
             return Duration::ZERO;
@@ -239,8 +247,14 @@ pub fn run(port: Arc<Port>, switch: Arc<Switch>) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    tracing::warn!("port {}: reading the tap: {e}", port.config.name);
-                    break;
+                    // The tap is gone (deleted, or its namespace was): it would poll readable
+                    // for ever. Forward nothing more; wait for the port's removal.
+                    tracing::warn!(
+                        "port {}: reading the tap: {e}; the port forwards nothing until removed",
+                        port.config.name
+                    );
+                    while !matches!(wait(None, stop, None), Ok(Woken::Stop)) {}
+                    return;
                 }
             };
             loop {

@@ -18,7 +18,6 @@ use crate::error::StorageError;
 use std::collections::HashMap;
 use std::io::{self, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -98,6 +97,8 @@ pub struct NbdServer {
     wake: Listen,
     shared: Arc<Shared>,
     accept: Option<JoinHandle<()>>,
+    /// A Unix socket: removed on drop if it is still ours.
+    _socket: Option<vireo_http::SocketPath>,
 }
 
 struct Shared {
@@ -120,7 +121,7 @@ enum Listener {
 
 impl NbdServer {
     pub fn start(listen: &Listen, exports: Arc<dyn Exports>) -> io::Result<NbdServer> {
-        let (listener, bound, wake) = bind(listen)?;
+        let (listener, bound, wake, socket) = bind(listen)?;
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             conns: Mutex::new(Conns::default()),
@@ -135,6 +136,7 @@ impl NbdServer {
             wake,
             shared,
             accept: Some(accept),
+            _socket: socket,
         })
     }
 
@@ -177,46 +179,24 @@ impl Drop for NbdServer {
         for t in threads {
             let _ = t.join();
         }
-        if let Listen::Unix(p) = &self.listen {
-            let _ = std::fs::remove_file(p);
-        }
         tracing::info!("NBD server on {} stopped", self.listen);
     }
 }
 
-/// Binds `listen`; returns the listener, the address it got and one to wake it by.
-fn bind(listen: &Listen) -> io::Result<(Listener, Listen, Listen)> {
+/// Binds `listen`; returns the listener, the address it got, one to wake it by, and the
+/// claim on a Unix socket's path.
+type Bound = (Listener, Listen, Listen, Option<vireo_http::SocketPath>);
+
+fn bind(listen: &Listen) -> io::Result<Bound> {
     match listen {
         Listen::Unix(path) => {
-            if let Ok(meta) = std::fs::symlink_metadata(path) {
-                if !meta.file_type().is_socket() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AlreadyExists,
-                        format!(
-                            "{} exists and is not a socket: choose another NBD socket path",
-                            path.display()
-                        ),
-                    ));
-                }
-                if UnixStream::connect(path).is_ok() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AddrInUse,
-                        format!(
-                            "{}: another server is listening there; stop it or choose another path",
-                            path.display()
-                        ),
-                    ));
-                }
-                // A stale socket of a server that is gone.
-                std::fs::remove_file(path)?;
-            }
-            let l = UnixListener::bind(path).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("cannot listen on {}: {e}", path.display()),
-                )
-            })?;
-            Ok((Listener::Unix(l), listen.clone(), listen.clone()))
+            let (l, claimed) = vireo_http::SocketPath::bind(path, "NBD socket")?;
+            Ok((
+                Listener::Unix(l),
+                listen.clone(),
+                listen.clone(),
+                Some(claimed),
+            ))
         }
         Listen::Tcp(addr) => {
             let l = TcpListener::bind(addr.as_str())
@@ -233,6 +213,7 @@ fn bind(listen: &Listen) -> io::Result<(Listener, Listen, Listen)> {
                 Listener::Tcp(l),
                 Listen::Tcp(local.to_string()),
                 Listen::Tcp(wake.to_string()),
+                None,
             ))
         }
     }

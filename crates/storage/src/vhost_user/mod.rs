@@ -32,13 +32,12 @@ use config::{ID_BYTES, MAX_QUEUES};
 use serve::{serve, Control};
 use stats::Counters;
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::os::unix::io::AsRawFd;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use vhost::vhost_user::Listener;
+use vireo_http::{wake_accept, SocketPath};
 
 /// How a volume is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,9 +65,8 @@ struct Served {
 /// Serves one frontend at a time on a Unix socket, accepting the next after a disconnect,
 /// until dropped; removes the socket then.
 pub struct VhostUserBlk {
-    socket: PathBuf,
-    /// The socket file's identity, so that drop removes only our own.
-    socket_id: (u64, u64),
+    /// Removed on drop if it is still ours.
+    socket: SocketPath,
     served: Arc<Served>,
     control: Arc<Control>,
     /// A duplicate of the listening socket, to wake the serving thread's accept.
@@ -109,25 +107,19 @@ impl VhostUserBlk {
             num_queues: opts.num_queues,
             counters: Counters::default(),
         });
-        let listener = bind(socket)?;
+        let (listener, claimed) = SocketPath::bind(socket, "vhost-user socket")?;
         let control = Arc::new(Control::default());
-        let started = (|| {
-            let meta = std::fs::metadata(socket)?;
-            let wake = listener.try_clone()?;
+        let wake = listener.try_clone()?;
+        let thread = {
             let (served, control) = (served.clone(), control.clone());
             let name = socket.display().to_string();
-            let thread = std::thread::Builder::new()
+            std::thread::Builder::new()
                 .name("vhost-user-blk".into())
-                .spawn(move || serve(Listener::from(listener), &served, &control, &name))?;
-            Ok::<_, io::Error>((meta, wake, thread))
-        })();
-        let (meta, wake, thread) = started.inspect_err(|_| {
-            let _ = std::fs::remove_file(socket);
-        })?;
+                .spawn(move || serve(Listener::from(listener), &served, &control, &name))?
+        };
         tracing::info!(socket = %socket.display(), id, "vhost-user-blk: serving");
         Ok(VhostUserBlk {
-            socket: socket.to_path_buf(),
-            socket_id: (meta.dev(), meta.ino()),
+            socket: claimed,
             served,
             control,
             wake,
@@ -136,7 +128,7 @@ impl VhostUserBlk {
     }
 
     pub fn socket(&self) -> &Path {
-        &self.socket
+        self.socket.path()
     }
 
     pub fn num_queues(&self) -> u16 {
@@ -156,49 +148,12 @@ impl VhostUserBlk {
 impl Drop for VhostUserBlk {
     fn drop(&mut self) {
         self.control.stop();
-        // SAFETY: shutdown(2) on a descriptor we own (our duplicate of the listening socket);
-        // it makes a blocked accept() in the serving thread fail with EINVAL.
-        unsafe { libc::shutdown(self.wake.as_raw_fd(), libc::SHUT_RDWR) };
+        wake_accept(&self.wake);
         if let Some(t) = self.thread.take() {
             if t.join().is_err() {
                 tracing::error!("vhost-user-blk: the serving thread panicked");
             }
         }
-        if let Ok(meta) = std::fs::symlink_metadata(&self.socket) {
-            if (meta.dev(), meta.ino()) == self.socket_id {
-                let _ = std::fs::remove_file(&self.socket);
-            }
-        }
-        tracing::info!(socket = %self.socket.display(), "vhost-user-blk: stopped");
+        tracing::info!(socket = %self.socket.path().display(), "vhost-user-blk: stopped");
     }
-}
-
-/// Binds the socket, replacing a stale one (left by a backend that died) but never a live
-/// one or a file that is not a socket.
-fn bind(socket: &Path) -> io::Result<UnixListener> {
-    if let Ok(meta) = std::fs::symlink_metadata(socket) {
-        let shown = socket.display();
-        if !meta.file_type().is_socket() {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("vhost-user socket {shown} exists and is not a socket; remove it or choose another path"),
-            ));
-        }
-        if UnixStream::connect(socket).is_ok() {
-            return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!("vhost-user socket {shown} is in use by another backend; stop it or choose another path"),
-            ));
-        }
-        std::fs::remove_file(socket)?;
-    }
-    UnixListener::bind(socket).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!(
-                "cannot listen on vhost-user socket {}: {e}",
-                socket.display()
-            ),
-        )
-    })
 }

@@ -123,7 +123,7 @@ pub(super) fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 /// The driver's side of one queue.
 pub(super) struct DriverQueue<'a> {
     pub(super) mock: MockSplitQueue<'a, GuestMemory>,
-    kick: EventFd,
+    pub(super) kick: EventFd,
     next_desc: u16,
     posted: u16,
 }

@@ -118,3 +118,22 @@ fn hostile_frame_lists_are_bounded_and_returned() {
     assert_eq!(counter(&dev, "errors"), 3);
     assert!(zeros(&ram.read(DATA, PAGE_SIZE)));
 }
+
+#[test]
+fn a_bogus_available_index_does_not_wedge_the_worker() {
+    let ram = ram();
+    let (mut dev, _ctl) = Balloon::new(BalloonConfig::default(), &ram.mem).unwrap();
+    let drv = activate(&mut dev, &ram, VERSION_1, 2, 0);
+    // Far more entries "available" than the ring holds: nothing can be popped, while
+    // re-enabling notifications keeps answering "more".
+    drv.queues[0].mock.avail().idx().store(1000);
+    drv.queues[0].kick.write(1).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        dev.reset();
+        tx.send(()).unwrap();
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(5))
+        .expect("reset must return: the worker spins");
+}

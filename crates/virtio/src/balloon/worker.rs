@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use virtio_queue::{DescriptorChain, QueueT};
+use virtio_queue::DescriptorChain;
 use vmm_sys_util::timerfd::TimerFd;
 
 /// Frame numbers read from one inflate or deflate chain. Linux sends at most 256 per buffer;
@@ -128,23 +128,10 @@ impl BalloonWorker {
         interrupt: &dyn Interrupt,
         mut each: impl FnMut(&DescriptorChain<&GuestMemory>),
     ) {
-        loop {
-            if let Err(e) = q.queue.disable_notification(mem) {
-                tracing::warn!("virtio-balloon: {e}");
-            }
-            while let Some(chain) = q.queue.pop_descriptor_chain(mem) {
-                each(&chain);
-                device::complete(q, mem, interrupt, chain.head_index(), 0);
-            }
-            match q.queue.enable_notification(mem) {
-                Ok(true) => continue,
-                Ok(false) => return,
-                Err(e) => {
-                    tracing::warn!("virtio-balloon: {e}");
-                    return;
-                }
-            }
-        }
+        device::drain(q, mem, "virtio-balloon", |q, chain| {
+            each(&chain);
+            device::complete(q, mem, interrupt, chain.head_index(), 0);
+        });
     }
 
     fn serve_pfns(&mut self, which: PfnQueue) {
@@ -174,19 +161,13 @@ impl BalloonWorker {
         };
         let _ = q.notify.read();
         let mem = &self.q.mem;
-        loop {
-            let _ = q.queue.disable_notification(mem);
-            while let Some(chain) = q.queue.pop_descriptor_chain(mem) {
-                read_stats(&chain, mem, &self.q.shared);
-                if let Some(old) = self.held_stats.replace(chain.head_index()) {
-                    device::complete(q, mem, self.q.interrupt.as_ref(), old, 0);
-                }
+        let (shared, interrupt, held) = (&self.q.shared, &self.q.interrupt, &mut self.held_stats);
+        device::drain(q, mem, "virtio-balloon", |q, chain| {
+            read_stats(&chain, mem, shared);
+            if let Some(old) = held.replace(chain.head_index()) {
+                device::complete(q, mem, interrupt.as_ref(), old, 0);
             }
-            match q.queue.enable_notification(mem) {
-                Ok(true) => continue,
-                _ => return,
-            }
-        }
+        });
     }
 
     /// The stats timer fired: returning the held buffer asks the driver for fresh stats.
