@@ -15,7 +15,7 @@ mod open;
 pub mod qcow2;
 mod raw;
 
-pub use open::MAX_CHAIN;
+pub use open::{probe, MAX_CHAIN};
 pub use qcow2::Qcow2;
 pub use raw::RawImage;
 
@@ -86,8 +86,9 @@ fn locked_message(path: &std::path::Path, readonly: bool) -> String {
     }
 }
 
-/// A range check shared by the formats: `len` bytes at `offset` lie within `size`.
-pub(crate) fn check_range(offset: u64, len: u64, size: u64) -> io::Result<()> {
+/// A range check shared by the formats (and the storage service's volumes): `len` bytes at
+/// `offset` lie within `size`.
+pub fn check_range(offset: u64, len: u64, size: u64) -> io::Result<()> {
     match offset.checked_add(len) {
         Some(end) if end <= size => Ok(()),
         _ => Err(io::Error::new(

@@ -112,7 +112,7 @@ pub(crate) fn open_backing(
 }
 
 /// "qcow2" if the file starts with the qcow2 magic, else "raw".
-fn probe(path: &Path) -> Result<&'static str, OpenError> {
+pub fn probe(path: &Path) -> Result<&'static str, OpenError> {
     let file = File::open(path).map_err(io_error(path))?;
     let mut magic = [0u8; 4];
     let n = file.read_at(&mut magic, 0).map_err(io_error(path))?;

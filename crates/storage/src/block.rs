@@ -40,13 +40,4 @@ pub trait BlockDevice: Send + Sync {
     fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>>;
 }
 
-/// Checks that `len` bytes at `offset` lie inside a device of `size` bytes.
-pub fn check_range(offset: u64, len: u64, size: u64) -> io::Result<()> {
-    match offset.checked_add(len) {
-        Some(end) if end <= size => Ok(()),
-        _ => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("range {offset}+{len} is outside the volume's {size} bytes"),
-        )),
-    }
-}
+pub use vireo_disk::check_range;

@@ -3,7 +3,7 @@
 
 use crate::block::{check_range, BlockDevice, Extent};
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Seek};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
@@ -17,7 +17,8 @@ pub struct FileDevice {
 impl FileDevice {
     pub fn open(path: &Path, read_only: bool) -> io::Result<FileDevice> {
         let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
-        let size = file.metadata()?.len();
+        // Block devices report a zero length in their metadata; seeking works for both.
+        let size = (&file).seek(std::io::SeekFrom::End(0))?;
         Ok(FileDevice {
             file,
             size,

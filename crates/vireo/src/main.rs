@@ -2,6 +2,7 @@
 
 mod client;
 mod net_cli;
+mod signals;
 mod storage_cli;
 
 use clap::{Parser, Subcommand, ValueEnum};

@@ -5,12 +5,13 @@ mod client;
 mod commands;
 mod show;
 
+use crate::signals::TerminationSignals;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use vireo_storage::nbd::Listen;
 use vireo_storage::pool::{Compression, DeviceSpec};
-use vireo_storage::service::{Service, ServiceOptions, TerminationSignals, DEFAULT_SOCKET};
+use vireo_storage::service::{Service, ServiceOptions, DEFAULT_SOCKET};
 use vireo_vmm::config::parse_size;
 
 #[derive(Args)]

@@ -5,7 +5,7 @@ use crate::error::{NetError, Result};
 use std::net::IpAddr;
 
 /// Linux interface names are at most IFNAMSIZ - 1 = 15 bytes.
-pub const MAX_TAP_NAME: usize = 15;
+pub use vireo_virtio::net::MAX_NAME_LEN as MAX_TAP_NAME;
 pub const MAX_NAME: usize = 64;
 
 /// A network or port name: 1–64 of `A-Z a-z 0-9 _ . -` (they appear in URLs, JSON and

@@ -16,7 +16,6 @@ use crate::nbd::{Exports, Listen, NbdServer};
 use crate::registry::Storage;
 use jobs::Jobs;
 use std::fs::{File, TryLockError};
-use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -183,45 +182,6 @@ fn start_committer(storage: Arc<Storage>) -> Result<(mpsc::Sender<()>, JoinHandl
         })
         .map_err(StorageError::io("commit thread"))?;
     Ok((tx, thread))
-}
-
-/// SIGINT and SIGTERM, blocked in every thread so that [`TerminationSignals::wait`] receives
-/// them instead of the default action killing the process before the pools are committed.
-pub struct TerminationSignals {
-    set: libc::sigset_t,
-}
-
-impl TerminationSignals {
-    /// Blocks the signals in the calling thread and the threads it starts later: call it
-    /// before starting any thread.
-    pub fn block() -> io::Result<TerminationSignals> {
-        // SAFETY: sigset_t is plain data that sigemptyset initializes; the calls only write
-        // to the set we own and to this thread's signal mask.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGINT);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-            if r != 0 {
-                return Err(io::Error::from_raw_os_error(r));
-            }
-            Ok(TerminationSignals { set })
-        }
-    }
-
-    /// Waits for SIGINT or SIGTERM; returns its number.
-    pub fn wait(&self) -> i32 {
-        loop {
-            let mut sig: libc::c_int = 0;
-            // SAFETY: sigwait reads the initialized set and writes the signal number to a
-            // local.
-            let r = unsafe { libc::sigwait(&self.set, &mut sig) };
-            if r == 0 {
-                return sig;
-            }
-        }
-    }
 }
 
 #[cfg(test)]

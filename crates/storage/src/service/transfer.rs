@@ -28,13 +28,11 @@ pub(crate) enum Source {
 impl Source {
     /// Opens `path` read-only, as qcow2 if it starts with the qcow2 magic, else as raw.
     pub fn open(path: &Path) -> Result<Source> {
-        let file = File::open(path).map_err(StorageError::io(path))?;
-        let mut magic = [0u8; 4];
-        let n = file
-            .read_at(&mut magic, 0)
-            .map_err(StorageError::io(path))?;
-        drop(file);
-        if n == magic.len() && magic == vireo_disk::qcow2::MAGIC {
+        let format = vireo_disk::probe(path).map_err(|e| match e {
+            vireo_disk::OpenError::Io { path, source } => StorageError::Io { path, source },
+            other => StorageError::Invalid(other.to_string()),
+        })?;
+        if format == "qcow2" {
             let img = Qcow2::open(path, true).map_err(|e| StorageError::Invalid(e.to_string()))?;
             return Ok(Source::Qcow2(Box::new(img)));
         }

@@ -4,10 +4,10 @@
 mod commands;
 mod show;
 
+use crate::signals::TerminationSignals;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use vireo_net::service::{Service, ServiceOptions, DEFAULT_SOCKET};
-use vireo_storage::service::TerminationSignals;
 
 #[derive(Args)]
 pub struct NetArgs {

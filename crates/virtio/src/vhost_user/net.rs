@@ -6,7 +6,7 @@
 use super::frontend::UserDevice;
 use super::{VhostUserError, REPLY_TIMEOUT};
 use crate::device::read_config_bytes;
-use crate::net::{config_space, random_mac};
+use crate::net::{config_space, format_mac, random_mac};
 use crate::{features, types, ActivateError, Activation, VirtioDevice};
 use std::path::Path;
 use std::time::Duration;
@@ -103,13 +103,6 @@ fn backend_mac(dev: &mut UserDevice) -> Result<Option<[u8; 6]>, VhostUserError> 
         return Ok(None);
     }
     Ok(Some(mac))
-}
-
-fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 impl VirtioDevice for VhostUserNet {
