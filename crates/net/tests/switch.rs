@@ -1,159 +1,18 @@
 //! The datapath with real Linux stacks: each port's tap is moved into a network namespace
 //! of the test's own, with addresses from 10.2xx test ranges. Needs root, iproute2, iperf3.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::Mutex;
+mod common;
+
+use common::*;
 use std::time::Duration;
 use vireo_net::datapath::{Datapath, PortConfig, PortVlan, QosConfig};
 use vireo_net::NetError;
 
-/// iperf3 runs one at a time: they would skew each other's figures (and the QoS check).
-static HEAVY: Mutex<()> = Mutex::new(());
-
-fn run(args: &[&str]) -> Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
-}
-
-fn ok(args: &[&str]) {
-    let o = run(args);
-    assert!(
-        o.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-/// A network namespace, deleted on drop (even when the test fails).
-struct Ns(String);
-
-impl Ns {
-    fn new(tag: &str) -> Ns {
-        let name = format!("ndp-{}-{tag}", std::process::id());
-        let _ = run(&["ip", "netns", "del", &name]);
-        ok(&["ip", "netns", "add", &name]);
-        ok(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        Ns(name)
-    }
-
-    /// Moves `tap` in, gives it `addr` (CIDR) unless None, and brings it up.
-    fn attach(&self, tap: &str, addr: Option<&str>) {
-        ok(&["ip", "link", "set", tap, "netns", &self.0]);
-        if let Some(a) = addr {
-            ok(&["ip", "-n", &self.0, "addr", "add", a, "dev", tap]);
-        }
-        ok(&["ip", "-n", &self.0, "link", "set", tap, "up"]);
-    }
-
-    fn exec(&self, args: &[&str]) -> Output {
-        let mut v = vec!["ip", "netns", "exec", &self.0];
-        v.extend_from_slice(args);
-        run(&v)
-    }
-
-    fn spawn(&self, args: &[&str]) -> Child {
-        Command::new("ip")
-            .args(["netns", "exec", &self.0])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn in namespace")
-    }
-
-    /// Runs `f` on a thread inside this namespace.
-    fn within<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.0);
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).expect("namespace file");
-            // SAFETY: setns on an fd we own; it moves only this thread.
-            let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("thread in namespace")
-    }
-
-    /// Whether a TCP connection from here reaches `ip` in `peer` (this image has no ping).
-    /// Whether a TCP connection from here reaches `ip` in `peer`, in three tries: on a
-    /// loaded machine a just-moved tap's first exchange can be slow. Isolation checks use
-    /// one try (`try_reach`).
-    fn reach(&self, peer: &Ns, ip: &str) -> bool {
-        (0..3).any(|_| self.try_reach(peer, ip))
-    }
-
-    fn try_reach(&self, peer: &Ns, ip: &str) -> bool {
-        static NEXT: AtomicU16 = AtomicU16::new(31000);
-        let port = NEXT.fetch_add(1, Ordering::Relaxed);
-        let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
-        let listener = peer.within(move || TcpListener::bind(addr).expect("bind in peer"));
-        listener.set_nonblocking(true).unwrap();
-        let connected =
-            self.within(move || TcpStream::connect_timeout(&addr, Duration::from_secs(3)).is_ok());
-        connected && listener.accept().is_ok()
-    }
-
-    fn mac(&self, dev: &str) -> String {
-        let o = self.exec(&["cat", &format!("/sys/class/net/{dev}/address")]);
-        String::from_utf8_lossy(&o.stdout).trim().to_string()
-    }
-
-    /// iperf3 from here to `server` (running in `peer`); the receiver's JSON summary.
-    fn iperf(&self, peer: &Ns, server: &str, extra: &[&str]) -> serde_json::Value {
-        let mut srv = peer.spawn(&["iperf3", "-s", "-1", "-B", server]);
-        std::thread::sleep(Duration::from_millis(500));
-        let mut args = vec!["iperf3", "-c", server, "-J"];
-        args.extend_from_slice(extra);
-        let o = self.exec(&args);
-        let _ = srv.kill();
-        let _ = srv.wait();
-        assert!(
-            o.status.success(),
-            "iperf3 failed: {}",
-            String::from_utf8_lossy(&o.stdout)
-        );
-        serde_json::from_slice(&o.stdout).expect("iperf3 JSON")
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = run(&["ip", "netns", "del", &self.0]);
-    }
-}
-
-fn tcp_bps(j: &serde_json::Value) -> f64 {
-    j["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .expect("TCP result")
-}
-
-fn port(dp: &Datapath, name: &str, net: &str, tap: &str, vlan: PortVlan) {
-    dp.add_port(&PortConfig {
-        name: name.into(),
-        network: net.into(),
-        tap: tap.into(),
-        mac: None,
-        vlan,
-    })
-    .unwrap_or_else(|e| panic!("port {name}: {e}"));
-}
-
-fn untagged() -> PortVlan {
-    PortVlan::Access(None)
-}
-
 #[test]
 fn one_network_connects_and_another_is_isolated() {
     let dp = Datapath::new();
-    dp.add_network("red", None).unwrap();
-    dp.add_network("blue", None).unwrap();
+    dp.add_network("red", None, Default::default()).unwrap();
+    dp.add_network("blue", None, Default::default()).unwrap();
     port(&dp, "r1", "red", "ndpis1", untagged());
     port(&dp, "r2", "red", "ndpis2", untagged());
     port(&dp, "b1", "blue", "ndpis3", untagged());
@@ -309,7 +168,7 @@ fn raw_socket(dev: &str) -> (i32, i32) {
 #[test]
 fn vlans_isolate_access_ports_and_a_trunk_reaches_its_vlan() {
     let dp = Datapath::new();
-    dp.add_network("lan", None).unwrap();
+    dp.add_network("lan", None, Default::default()).unwrap();
     port(&dp, "a10", "lan", "ndpvl1", PortVlan::Access(Some(10)));
     port(&dp, "a20", "lan", "ndpvl2", PortVlan::Access(Some(20)));
     port(&dp, "t", "lan", "ndpvl3", PortVlan::Trunk(vec![10, 30]));
@@ -375,7 +234,7 @@ fn send_on(fd: i32, frame: &[u8]) {
 #[test]
 fn qos_limits_the_rate_within_ten_percent() {
     let dp = Datapath::new();
-    dp.add_network("q", None).unwrap();
+    dp.add_network("q", None, Default::default()).unwrap();
     port(&dp, "q1", "q", "ndpqs1", untagged());
     port(&dp, "q2", "q", "ndpqs2", untagged());
     let (n1, n2) = (Ns::new("qs1"), Ns::new("qs2"));
@@ -443,7 +302,7 @@ fn eth(src: [u8; 6], ethertype: u16, rest: &[u8]) -> Vec<u8> {
 #[test]
 fn garbage_frames_are_counted_drops() {
     let dp = Datapath::new();
-    dp.add_network("g", None).unwrap();
+    dp.add_network("g", None, Default::default()).unwrap();
     port(&dp, "g0", "g", "ndpgb0", untagged());
     port(&dp, "g1", "g", "ndpgb1", untagged());
     port(&dp, "g2", "g", "ndpgb2", untagged());
@@ -481,7 +340,7 @@ fn link_exists(name: &str) -> bool {
 #[test]
 fn ports_come_and_go_cleanly_and_bad_taps_are_refused() {
     let dp = Datapath::new();
-    dp.add_network("c", Some(100)).unwrap();
+    dp.add_network("c", Some(100), Default::default()).unwrap();
     port(&dp, "c1", "c", "ndprm0", untagged());
     assert!(link_exists("ndprm0"));
     let e = dp.remove_network("c").unwrap_err();

@@ -455,6 +455,18 @@ pub fn digest(ins: &Instruction, bits: u32) -> Fast {
     Fast::No
 }
 
+/// What a fast form did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Done; the next instruction follows.
+    Next,
+    /// Done; a branch was taken to this address.
+    Branch(u64),
+    /// Nothing was changed: the general handler must run the instruction (no fast form, or
+    /// a memory access off the TLB's fast path, or anything that may fault).
+    Slow,
+}
+
 impl Cpu {
     #[inline(always)]
     fn addr(&self, a: &Addr) -> u64 {
@@ -466,6 +478,17 @@ impl Cpu {
             v = v.wrapping_add(self.gpr[(a.index & 15) as usize] << a.shift);
         }
         v
+    }
+
+    /// The host pointer for `size` bytes at a linear address in 64-bit mode, if the TLB's fast
+    /// path allows the access (RAM, present, permitted, within one page; for writes, a dirty
+    /// page that holds no decoded code). `None` means the general handler must do it.
+    #[inline(always)]
+    fn ptr64(&self, lin: u64, size: usize, acc: Access) -> Option<*mut u8> {
+        if !self.long64 || !canonical(lin) {
+            return None;
+        }
+        self.fast(lin, size, acc)
     }
 
     /// Computes `a op b` at 32 or 64 bits, records the flags, and returns the result if the
@@ -535,28 +558,82 @@ impl Cpu {
         }
     }
 
-    /// `op [mem], b`: read, compute, write back, and only then keep the new flags.
+    /// `op [mem], b` on the fast path: the page must be writable unless the operation only
+    /// reads (CMP, TEST), so that nothing can fail once the flags have changed.
     #[inline(always)]
-    fn alu_mem(&mut self, op: Alu, w64: bool, a: &Addr, b: u64) -> R {
+    fn alu_mem(&mut self, op: Alu, w64: bool, a: &Addr, b: u64) -> Step {
         let size = if w64 { 8 } else { 4 };
-        let off = self.addr(a);
-        let v = self.read(a.seg, off, size)?;
-        let saved = self.flags;
+        let writes = !matches!(op, Alu::Cmp | Alu::Test);
+        let acc = if writes { Access::Write } else { Access::Read };
+        let Some(p) = self.ptr64(self.addr(a), size, acc) else {
+            return Step::Slow;
+        };
+        // SAFETY: `ptr64` returned a pointer with `size` readable (and, for a write access,
+        // writable) bytes.
+        let v = unsafe { read_host(p, size) };
         if let Some(r) = self.alu_value(op, w64, v, b) {
-            if let Err(e) = self.write(a.seg, off, size, r) {
-                self.flags = saved;
-                return Err(e);
-            }
+            // SAFETY: as above; `writes` is true for every operation that returns a result.
+            unsafe { write_host(p, size, r) };
         }
-        Ok(())
+        Step::Next
     }
 
-    /// Runs a fast form. Returns `None` if the form is `Fast::No`, so that the caller runs
-    /// the general handler instead.
+    /// Loads `size` bytes into a register on the fast path.
     #[inline(always)]
-    pub(super) fn exec_fast(&mut self, f: &Fast) -> Option<R> {
+    fn load(&mut self, d: u8, a: &Addr, size: usize) -> Step {
+        match self.ptr64(self.addr(a), size, Access::Read) {
+            Some(p) => {
+                // SAFETY: `ptr64` returned a pointer with `size` readable bytes.
+                self.gpr[(d & 15) as usize] = unsafe { read_host(p, size) };
+                Step::Next
+            }
+            None => Step::Slow,
+        }
+    }
+
+    /// Stores `size` bytes on the fast path.
+    #[inline(always)]
+    fn store(&mut self, a: &Addr, size: usize, v: u64) -> Step {
+        match self.ptr64(self.addr(a), size, Access::Write) {
+            Some(p) => {
+                // SAFETY: `ptr64` returned a pointer with `size` writable bytes.
+                unsafe { write_host(p, size, v) };
+                Step::Next
+            }
+            None => Step::Slow,
+        }
+    }
+
+    /// Pushes 8 bytes on the fast path (64-bit mode: SS has no base, RSP is 64 bits wide).
+    #[inline(always)]
+    fn push_fast(&mut self, v: u64) -> bool {
+        let sp = self.gpr[4].wrapping_sub(8);
+        match self.ptr64(sp, 8, Access::Write) {
+            Some(p) => {
+                // SAFETY: `ptr64` returned a pointer with 8 writable bytes.
+                unsafe { write_host(p, 8, v) };
+                self.gpr[4] = sp;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Pops 8 bytes on the fast path, leaving RSP to the caller.
+    #[inline(always)]
+    fn peek_fast(&self) -> Option<u64> {
+        let p = self.ptr64(self.gpr[4], 8, Access::Read)?;
+        // SAFETY: `ptr64` returned a pointer with 8 readable bytes.
+        Some(unsafe { read_host(p, 8) })
+    }
+
+    /// Runs a fast form, `next` being the address of the following instruction. A fast form
+    /// either completes or changes nothing and answers `Step::Slow`: it never faults, so the
+    /// block loop needs no bookkeeping for it.
+    #[inline(always)]
+    pub(super) fn exec_fast(&mut self, f: &Fast, next: u64) -> Step {
         match *f {
-            Fast::No => return None,
+            Fast::No => return Step::Slow,
             Fast::MovRR { w64, d, s } => {
                 let v = self.gpr[(s & 15) as usize];
                 self.gpr[(d & 15) as usize] = if w64 { v } else { v & 0xffff_ffff };
@@ -584,51 +661,33 @@ impl Cpu {
                 self.gpr[i] = r;
             }
             Fast::Lea { d, a } => self.gpr[(d & 15) as usize] = self.addr(&a),
-            Fast::Load { size, d, a } => {
-                let off = self.addr(&a);
-                match self.read(a.seg, off, size as usize) {
-                    Ok(v) => self.gpr[(d & 15) as usize] = v,
-                    Err(e) => return Some(Err(e)),
-                }
-            }
+            Fast::Load { size, d, a } => return self.load(d, &a, size as usize),
             Fast::Store { size, s, a } => {
-                let off = self.addr(&a);
                 let v = self.gpr[(s & 15) as usize];
-                if let Err(e) = self.write(a.seg, off, size as usize, v) {
-                    return Some(Err(e));
-                }
+                return self.store(&a, size as usize, v);
             }
             Fast::Jcc { cc, target } => {
                 if self.flags.cond(cc) {
-                    self.next_rip = target;
+                    return Step::Branch(target);
                 }
             }
-            Fast::Jmp { target } => self.next_rip = target,
+            Fast::Jmp { target } => return Step::Branch(target),
             Fast::AluRM { op, w64, d, a } => {
-                let off = self.addr(&a);
-                match self.read(a.seg, off, if w64 { 8 } else { 4 }) {
-                    Ok(b) => self.alu(op, w64, d, b),
-                    Err(e) => return Some(Err(e)),
-                }
+                let size = if w64 { 8 } else { 4 };
+                let Some(p) = self.ptr64(self.addr(&a), size, Access::Read) else {
+                    return Step::Slow;
+                };
+                // SAFETY: `ptr64` returned a pointer with `size` readable bytes.
+                let b = unsafe { read_host(p, size) };
+                self.alu(op, w64, d, b);
             }
             Fast::AluMR { op, w64, s, a } => {
                 let b = self.gpr[(s & 15) as usize];
-                return Some(self.alu_mem(op, w64, &a, b));
+                return self.alu_mem(op, w64, &a, b);
             }
-            Fast::AluMI { op, w64, v, a } => return Some(self.alu_mem(op, w64, &a, v)),
-            Fast::MovzxLoad { size, d, a } => {
-                let off = self.addr(&a);
-                match self.read(a.seg, off, size as usize) {
-                    Ok(v) => self.gpr[(d & 15) as usize] = v,
-                    Err(e) => return Some(Err(e)),
-                }
-            }
-            Fast::StoreImm { size, v, a } => {
-                let off = self.addr(&a);
-                if let Err(e) = self.write(a.seg, off, size as usize, v) {
-                    return Some(Err(e));
-                }
-            }
+            Fast::AluMI { op, w64, v, a } => return self.alu_mem(op, w64, &a, v),
+            Fast::MovzxLoad { size, d, a } => return self.load(d, &a, size as usize),
+            Fast::StoreImm { size, v, a } => return self.store(&a, size as usize, v),
             Fast::Imul { w64, d, s } => {
                 let (a, b) = (self.gpr[(d & 15) as usize], self.gpr[(s & 15) as usize]);
                 let (res, overflow, bits) = if w64 {
@@ -640,6 +699,20 @@ impl Cpu {
                 };
                 self.gpr[(d & 15) as usize] = res;
                 self.flags.set_result(res, bits, overflow, overflow, false);
+            }
+            Fast::Mul { w64, s } => {
+                let b = self.gpr[(s & 15) as usize];
+                let (lo, hi, bits) = if w64 {
+                    let p = u128::from(self.gpr[0]) * u128::from(b);
+                    (p as u64, (p >> 64) as u64, 64)
+                } else {
+                    let p = (self.gpr[0] & 0xffff_ffff) * (b & 0xffff_ffff);
+                    (p & 0xffff_ffff, p >> 32, 32)
+                };
+                self.gpr[0] = lo;
+                self.gpr[2] = hi;
+                let c = hi != 0;
+                self.flags.set_result(lo, bits, c, c, false);
             }
             Fast::Shift { op, w64, d, count } => {
                 let i = (d & 15) as usize;
@@ -668,39 +741,49 @@ impl Cpu {
                 // A 32-bit CMOV zero-extends its destination whatever the condition.
                 self.gpr[i] = if w64 { v } else { v & 0xffff_ffff };
             }
+            Fast::Setcc { cc, d } => {
+                let i = (d & 15) as usize;
+                self.gpr[i] = (self.gpr[i] & !0xff) | self.flags.cond(cc) as u64;
+            }
+            Fast::MovzxRR { size, d, s } => {
+                let v = self.gpr[(s & 15) as usize];
+                self.gpr[(d & 15) as usize] = if size == 1 { v & 0xff } else { v & 0xffff };
+            }
             Fast::Movsxd { d, s } => {
                 self.gpr[(d & 15) as usize] = self.gpr[(s & 15) as usize] as i32 as i64 as u64;
             }
             Fast::Push { s } => {
                 let v = self.gpr[(s & 15) as usize];
-                if let Err(e) = self.push(v, 8) {
-                    return Some(Err(e));
+                if !self.push_fast(v) {
+                    return Step::Slow;
                 }
             }
-            Fast::Pop { d } => match self.pop(8) {
-                Ok(v) => self.gpr[(d & 15) as usize] = v,
-                Err(e) => return Some(Err(e)),
-            },
+            Fast::Pop { d } => {
+                let Some(v) = self.peek_fast() else {
+                    return Step::Slow;
+                };
+                // `pop rsp` loads the popped value: the increment comes first.
+                self.gpr[4] = self.gpr[4].wrapping_add(8);
+                self.gpr[(d & 15) as usize] = v;
+            }
             Fast::Call { target } => {
-                if let Err(e) = self.push(self.next_rip, 8) {
-                    return Some(Err(e));
+                if !self.push_fast(next) {
+                    return Step::Slow;
                 }
-                self.next_rip = target;
+                return Step::Branch(target);
             }
             Fast::Ret => {
-                let sp = self.gpr[4];
-                let target = match self.read(Seg::Ss, sp, 8) {
-                    Ok(t) => t,
-                    Err(e) => return Some(Err(e)),
+                let Some(target) = self.peek_fast() else {
+                    return Step::Slow;
                 };
                 if !canonical(target) {
-                    return Some(Err(super::Exception::gp0().into()));
+                    return Step::Slow;
                 }
-                self.gpr[4] = sp.wrapping_add(8);
-                self.next_rip = target;
+                self.gpr[4] = self.gpr[4].wrapping_add(8);
+                return Step::Branch(target);
             }
         }
-        Some(Ok(()))
+        Step::Next
     }
 }
 

@@ -452,7 +452,7 @@ impl Cpu {
 
     /// The host pointer for a fast access of `size` bytes at `lin`, if the TLB allows it.
     #[inline(always)]
-    fn fast(&self, lin: u64, size: usize, acc: Access) -> Option<*mut u8> {
+    pub(super) fn fast(&self, lin: u64, size: usize, acc: Access) -> Option<*mut u8> {
         let vpn = lin >> 12;
         let e = &self.mem.tlb[(vpn as usize) & (TLB_SIZE - 1)];
         let u = (self.cpl == 3) as u8 + 1;

@@ -8,11 +8,16 @@
 //! the destination taps. A later firewall or router stage goes into
 //! [`switch::Switch::forward`], between the ingress classification and the output.
 
+pub mod endpoint;
+pub mod firewall;
 pub mod frame;
+pub mod packet;
 pub mod port;
 pub mod switch;
 
 use crate::error::{NetError, Result};
+pub use endpoint::Addressing;
+use endpoint::NetEndpoint;
 use port::Port;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -63,8 +68,7 @@ pub struct PortStats {
 }
 
 struct Network {
-    id: u32,
-    vlan: Option<u16>,
+    endpoint: Arc<NetEndpoint>,
 }
 
 /// What changes only through the API (the per-frame state is in [`Switch`]).
@@ -115,8 +119,9 @@ impl Datapath {
             .ok_or_else(|| NetError::NotFound(format!("no port {name:?}")))
     }
 
-    /// A network: an isolated L2 segment. Frames never cross between networks.
-    pub fn add_network(&self, name: &str, vlan: Option<u16>) -> Result<()> {
+    /// A network: an isolated L2 segment. Frames never cross between networks, except
+    /// through a router.
+    pub fn add_network(&self, name: &str, vlan: Option<u16>, addressing: Addressing) -> Result<()> {
         check_name("network", name)?;
         if let Some(v) = vlan {
             check_vlan(v)?;
@@ -127,7 +132,13 @@ impl Datapath {
         }
         let id = c.next_id;
         c.next_id += 1;
-        c.networks.insert(name.to_string(), Network { id, vlan });
+        let endpoint = Arc::new(NetEndpoint::new(id, name, vlan, addressing));
+        self.switch
+            .endpoints
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, endpoint.clone());
+        c.networks.insert(name.to_string(), Network { endpoint });
         Ok(())
     }
 
@@ -149,7 +160,13 @@ impl Datapath {
                 ports.join(", ")
             )));
         }
-        c.networks.remove(name);
+        if let Some(n) = c.networks.remove(name) {
+            self.switch
+                .endpoints
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&n.endpoint.id);
+        }
         Ok(())
     }
 
@@ -177,11 +194,12 @@ impl Datapath {
                 cfg.network, cfg.network
             )));
         };
+        let endpoint = net.endpoint.clone();
         let vlan = match &cfg.vlan {
-            PortVlan::Access(v) => PortVlan::Access(v.or(net.vlan)),
+            PortVlan::Access(v) => PortVlan::Access(v.or(endpoint.vlan)),
             trunk => trunk.clone(),
         };
-        let net_id = net.id;
+        let net_id = endpoint.id;
         for p in self.ports() {
             if p.config.name == cfg.name {
                 return Err(NetError::Conflict(format!("port {:?} exists", cfg.name)));
@@ -196,11 +214,12 @@ impl Datapath {
         let tap = open_tap(&cfg.tap)?;
         let id = c.next_id;
         c.next_id += 1;
-        let port =
-            Port::new(id, net_id, cfg.clone(), vlan, tap).map_err(|source| NetError::Io {
+        let port = Port::new(id, net_id, cfg.clone(), vlan, endpoint, tap).map_err(|source| {
+            NetError::Io {
                 context: format!("port {:?}: cannot create its stop event", cfg.name),
                 source,
-            })?;
+            }
+        })?;
         let port = Arc::new(port);
         let (p, s) = (port.clone(), self.switch.clone());
         let thread = std::thread::Builder::new()
@@ -276,6 +295,25 @@ impl Datapath {
 
     pub fn port_stats(&self, port: &str) -> Result<PortStats> {
         Ok(self.port(port)?.counters.snapshot())
+    }
+
+    /// The endpoint of network `name` (its router interface, VIPs, DHCP server live there).
+    pub fn endpoint(&self, name: &str) -> Result<Arc<NetEndpoint>> {
+        self.control()
+            .networks
+            .get(name)
+            .map(|n| n.endpoint.clone())
+            .ok_or_else(|| NetError::NotFound(format!("no network {name:?}")))
+    }
+
+    /// The neighbours the endpoint of network `name` knows: (address, MAC, age in seconds).
+    pub fn neighbours(&self, name: &str) -> Result<Vec<(std::net::Ipv4Addr, [u8; 6], u64)>> {
+        Ok(self.endpoint(name)?.neighbours())
+    }
+
+    /// The switch (for the stages above it, which emit frames through it).
+    pub fn switch(&self) -> &Arc<Switch> {
+        &self.switch
     }
 
     /// (MAC, network, port, seconds since last seen) of the learned addresses.

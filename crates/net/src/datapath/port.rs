@@ -7,6 +7,7 @@
 //! Writing into a tap is one `writev` per frame, atomic, so ports' threads need no lock to
 //! share a destination.
 
+use super::endpoint::NetEndpoint;
 use super::frame::{self, Frame, MACS_LEN, VLAN_TAG_LEN};
 use super::switch::Switch;
 use super::{PortConfig, PortStats, PortVlan};
@@ -56,6 +57,8 @@ pub struct Port {
     pub config: PortConfig,
     /// The port's VLANs, an access port's resolved against its network's.
     pub vlan: PortVlan,
+    /// The endpoint of the port's network.
+    pub endpoint: Arc<NetEndpoint>,
     pub counters: Counters,
     tap: Tap,
     /// Ingress shaping: frames from the tap wait for tokens (bytes). `None`: unlimited.
@@ -72,6 +75,7 @@ impl Port {
         net_id: u32,
         config: PortConfig,
         vlan: PortVlan,
+        endpoint: Arc<NetEndpoint>,
         tap: Tap,
     ) -> io::Result<Port> {
         Ok(Port {
@@ -79,6 +83,7 @@ impl Port {
             net_id,
             config,
             vlan,
+            endpoint,
             counters: Counters::default(),
             tap,
             qos: Mutex::new(None),
@@ -266,7 +271,7 @@ pub fn run(port: Arc<Port>, switch: Arc<Switch>) {
                     return;
                 }
             }
-            switch.forward(&port, buf.get(..n).unwrap_or(&[]));
+            switch.forward(&port, buf.get_mut(..n).unwrap_or(&mut []));
         }
     }
 }

@@ -5,7 +5,10 @@
 //! segment's other ports. Segments never mix: the table is keyed by segment, and a port only
 //! ever receives frames of the segments it is a member of.
 
-use super::frame::{self, Malformed};
+use super::endpoint::{Ctx, Hop, NetEndpoint, Verdict};
+use super::firewall::Firewall;
+use super::frame::{self, Frame, Malformed};
+use super::packet;
 use super::port::Port;
 use super::PortVlan;
 use std::collections::HashMap;
@@ -85,6 +88,13 @@ impl MacTable {
         (now.saturating_sub(e.seen) < self.max_age).then_some(e.port)
     }
 
+    /// Where `dst` is in `seg`, if known, without learning anything.
+    pub fn lookup(&mut self, seg: Segment, dst: [u8; 6]) -> Option<u32> {
+        let now = self.clock.now();
+        let e = self.entries.get(&(seg, dst))?;
+        (now.saturating_sub(e.seen) < self.max_age).then_some(e.port)
+    }
+
     fn sweep(&mut self, now: Duration) {
         let max_age = self.max_age;
         self.entries
@@ -139,25 +149,47 @@ pub fn egress_tag(port: &PortVlan, vlan: Option<u16>) -> Option<Option<u16>> {
     }
 }
 
-/// The ports of all networks (read on every frame, written when ports come and go) and the
-/// MAC table.
+/// The ports of all networks (read on every frame, written when ports come and go), the
+/// MAC table, the networks' endpoints and the firewall.
 pub struct Switch {
     pub ports: RwLock<Vec<Arc<Port>>>,
     pub macs: Mutex<MacTable>,
+    pub endpoints: RwLock<HashMap<u32, Arc<NetEndpoint>>>,
+    pub firewall: Firewall,
 }
+
+/// How many endpoints a frame may pass through (a router emitting into a network whose load
+/// balancer takes it, which the router of that network then routes on...).
+const MAX_DEPTH: u8 = 4;
 
 impl Switch {
     pub fn new(clock: Box<dyn Clock>) -> Switch {
         Switch {
             ports: RwLock::new(Vec::new()),
             macs: Mutex::new(MacTable::new(clock, MAX_AGE, MAX_ENTRIES)),
+            endpoints: RwLock::new(HashMap::new()),
+            firewall: Firewall::new(),
         }
     }
 
-    /// Forwards one packet (virtio-net header and frame) that arrived on `from`.
-    pub fn forward(&self, from: &Port, packet: &[u8]) {
+    /// The endpoint of network `net`.
+    pub fn endpoint(&self, net: u32) -> Option<Arc<NetEndpoint>> {
+        self.endpoints
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&net)
+            .cloned()
+    }
+
+    fn macs(&self) -> std::sync::MutexGuard<'_, MacTable> {
+        self.macs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forwards one packet (virtio-net header and frame) that arrived on `from`. Stages
+    /// above the switch may rewrite it in place.
+    pub fn forward(&self, from: &Port, packet: &mut [u8]) {
         from.counters.received(packet.len());
-        let frame = match frame::parse(packet) {
+        let mut frame = match frame::parse(packet) {
             Ok(f) => f,
             Err(why) => return from.drop_frame(why_name(why)),
         };
@@ -166,30 +198,117 @@ impl Switch {
         };
         let seg = (from.net_id, vlan);
         let dst = (!frame.is_multicast()).then_some(frame.dst);
-        let known = self
-            .macs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .learn_and_lookup(seg, frame.src, from.id, dst);
-        let ports = self.ports.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(id) = known {
-            // A destination behind the port the frame came from needs nothing from us.
-            if id == from.id {
+        let mut known = self.macs().learn_and_lookup(seg, frame.src, from.id, dst);
+        let hop = Hop::Port {
+            net: from.net_id,
+            port: from.id,
+        };
+        let ep = &from.endpoint;
+        if ep.active() && vlan == ep.vlan {
+            if frame.dst == ep.mac
+                && !self.permit(hop, Hop::Endpoint { net: ep.id }, packet, &frame)
+            {
+                return from.drop_frame("denied by the firewall");
+            }
+            let ctx = Ctx {
+                switch: self,
+                net: ep,
+                from: hop,
+                depth: 0,
+            };
+            if ep.input(&ctx, packet, &frame) == Verdict::Consumed {
                 return;
             }
-            if let Some(p) = ports.iter().find(|p| p.id == id) {
-                if let Some(tag) = egress_tag(&p.vlan, vlan) {
-                    p.send(packet, &frame, tag);
-                }
+            // A stage may have readdressed the frame (a load balancer's backend).
+            let Ok(f) = frame::parse(packet) else {
+                return from.drop_frame("a stage broke the frame");
+            };
+            if f.dst != frame.dst {
+                known = (!f.is_multicast())
+                    .then(|| self.macs().lookup(seg, f.dst))
+                    .flatten();
+            }
+            frame = f;
+            if frame.dst == ep.mac {
+                return from.drop_frame("no route: nothing in the network took the frame");
+            }
+        }
+        if known == Some(from.id) {
+            // A destination behind the port the frame came from needs nothing from us.
+            return;
+        }
+        self.output(seg, hop, known, packet, &frame);
+    }
+
+    /// Sends a frame that a network's endpoint made or forwards (an ARP reply, a routed
+    /// packet, a DHCP offer) into that network, as if from a port of its own.
+    pub fn emit(&self, ep: &NetEndpoint, packet: &mut [u8], depth: u8) {
+        let Ok(frame) = frame::parse(packet) else {
+            return;
+        };
+        let seg = ep.segment();
+        if frame.dst == ep.mac {
+            // Routed to an address of this network's own endpoint (a VIP behind a router).
+            if depth >= MAX_DEPTH {
                 return;
+            }
+            let ctx = Ctx {
+                switch: self,
+                net: ep,
+                from: Hop::Endpoint { net: ep.id },
+                depth: depth + 1,
+            };
+            ep.input(&ctx, packet, &frame);
+            return;
+        }
+        let known = (!frame.is_multicast())
+            .then(|| self.macs().lookup(seg, frame.dst))
+            .flatten();
+        self.output(seg, Hop::Endpoint { net: ep.id }, known, packet, &frame);
+    }
+
+    /// Whether the firewall lets an IPv4 packet go from `from` to `to` (anything else, and
+    /// everything while no rule exists, passes).
+    fn permit(&self, from: Hop, to: Hop, packet: &[u8], frame: &Frame) -> bool {
+        if !self.firewall.active() {
+            return true;
+        }
+        match packet::parse_ipv4(packet, frame) {
+            Some(ip) => self.firewall.check(from, to, packet, &ip),
+            None => true,
+        }
+    }
+
+    /// Sends a frame of segment `seg` to the port that has its destination (`known`), or
+    /// floods it to the segment's ports, except where it came from.
+    fn output(&self, seg: Segment, from: Hop, known: Option<u32>, packet: &[u8], frame: &Frame) {
+        let from_port = match from {
+            Hop::Port { port, .. } => Some(port),
+            Hop::Endpoint { .. } => None,
+        };
+        let ports = self.ports.read().unwrap_or_else(|e| e.into_inner());
+        let send = |p: &Port| {
+            let Some(tag) = egress_tag(&p.vlan, seg.1) else {
+                return;
+            };
+            let to = Hop::Port {
+                net: p.net_id,
+                port: p.id,
+            };
+            if self.permit(from, to, packet, frame) {
+                p.send(packet, frame, tag);
+            } else {
+                p.drop_frame("denied by the firewall");
+            }
+        };
+        if let Some(id) = known {
+            if let Some(p) = ports.iter().find(|p| p.id == id) {
+                return send(p);
             }
         }
         for p in ports.iter() {
-            if p.net_id != from.net_id || p.id == from.id {
-                continue;
-            }
-            if let Some(tag) = egress_tag(&p.vlan, vlan) {
-                p.send(packet, &frame, tag);
+            if p.net_id == seg.0 && Some(p.id) != from_port {
+                send(p);
             }
         }
     }

@@ -5,7 +5,7 @@
 //! it.
 
 use super::validate::{self, Cidr};
-use crate::datapath::{PortConfig, PortVlan, QosConfig};
+use crate::datapath::{Addressing, PortConfig, PortVlan, QosConfig};
 use crate::error::{NetError, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -54,6 +54,25 @@ pub struct PortSpec {
     pub trunk: Option<Vec<u16>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qos: Option<QosConfig>,
+}
+
+impl NetworkSpec {
+    /// The IPv4 addressing the datapath's endpoint uses (an IPv6 subnet has none yet).
+    pub fn addressing(&self) -> Addressing {
+        let subnet = self.subnet.as_deref().and_then(|s| Cidr::parse(s).ok());
+        let v4 = |a: std::net::IpAddr| match a {
+            std::net::IpAddr::V4(a) => Some(a),
+            std::net::IpAddr::V6(_) => None,
+        };
+        Addressing {
+            subnet: subnet.and_then(|c| Some((v4(c.addr)?, c.prefix))),
+            gateway: self
+                .gateway
+                .as_deref()
+                .and_then(|g| g.parse().ok())
+                .and_then(v4),
+        }
+    }
 }
 
 impl PortSpec {

@@ -18,7 +18,7 @@ impl Net {
     pub fn restore(datapath: Arc<Datapath>, file: PathBuf) -> Result<Net> {
         let saved = NetState::load(&file)?;
         for n in &saved.networks {
-            datapath.add_network(&n.name, n.vlan)?;
+            datapath.add_network(&n.name, n.vlan, n.addressing())?;
         }
         let mut inactive = HashSet::new();
         for p in &saved.ports {
@@ -85,7 +85,7 @@ impl Net {
     pub fn create_network(&self, spec: &NetworkSpec) -> Result<Value> {
         let mut c = self.control();
         let n = c.saved.check_network(spec)?;
-        self.datapath.add_network(&n.name, n.vlan)?;
+        self.datapath.add_network(&n.name, n.vlan, n.addressing())?;
         let mut next = c.saved.clone();
         next.networks.push(n.clone());
         self.commit(&mut c, next, || {
@@ -109,7 +109,7 @@ impl Net {
         let mut next = c.saved.clone();
         next.networks.retain(|o| o.name != name);
         self.commit(&mut c, next, || {
-            let _ = self.datapath.add_network(&n.name, n.vlan);
+            let _ = self.datapath.add_network(&n.name, n.vlan, n.addressing());
         })?;
         tracing::info!("deleted network {name}");
         Ok(())
