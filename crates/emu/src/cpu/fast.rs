@@ -8,8 +8,9 @@
 //! keeps its general handler in `exec/`, which stays the reference for their semantics.
 
 use super::flags::cc_number;
+use super::mem::{read_host, write_host, Access};
 use super::seg::canonical;
-use super::{Cpu, Seg, R};
+use super::{Cpu, Seg};
 use iced_x86::{Code, FlowControl, Instruction, Mnemonic, OpKind, Register};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +112,22 @@ pub enum Fast {
         d: u8,
         s: u8,
     },
+    /// One-operand `mul r64` / `mul r32`: RDX:RAX = RAX * reg.
+    Mul {
+        w64: bool,
+        s: u8,
+    },
+    /// `setcc r8` for the low byte of a register (not AH..BH).
+    Setcc {
+        cc: u8,
+        d: u8,
+    },
+    /// `movzx r32/r64, r8/r16` (zero-extends into the full register).
+    MovzxRR {
+        size: u8,
+        d: u8,
+        s: u8,
+    },
     /// `movsxd r64, r32`.
     Movsxd {
         d: u8,
@@ -173,6 +190,24 @@ fn gpr(r: Register, w64: bool) -> Option<u8> {
     }
 }
 
+/// The GPR number of a low-byte register (AL..R15L, not AH..BH).
+fn gpr8(r: Register) -> Option<u8> {
+    match r {
+        Register::AH | Register::CH | Register::DH | Register::BH => None,
+        _ if r.is_gpr8() => {
+            let k = (r as usize - Register::AL as usize) as u8;
+            Some(if k < 4 { k } else { k - 4 })
+        }
+        _ => None,
+    }
+}
+
+/// The GPR number of a 16-bit register.
+fn gpr16(r: Register) -> Option<u8> {
+    r.is_gpr16()
+        .then(|| (r as usize - Register::AX as usize) as u8)
+}
+
 fn alu_op(m: Mnemonic) -> Option<Alu> {
     Some(match m {
         Mnemonic::Add => Alu::Add,
@@ -207,6 +242,28 @@ fn is_cmov(m: Mnemonic) -> bool {
             | Mnemonic::Cmovge
             | Mnemonic::Cmovle
             | Mnemonic::Cmovg
+    )
+}
+
+fn is_setcc(m: Mnemonic) -> bool {
+    matches!(
+        m,
+        Mnemonic::Seto
+            | Mnemonic::Setno
+            | Mnemonic::Setb
+            | Mnemonic::Setae
+            | Mnemonic::Sete
+            | Mnemonic::Setne
+            | Mnemonic::Setbe
+            | Mnemonic::Seta
+            | Mnemonic::Sets
+            | Mnemonic::Setns
+            | Mnemonic::Setp
+            | Mnemonic::Setnp
+            | Mnemonic::Setl
+            | Mnemonic::Setge
+            | Mnemonic::Setle
+            | Mnemonic::Setg
     )
 }
 
@@ -323,6 +380,38 @@ pub fn digest(ins: &Instruction, bits: u32) -> Fast {
     }
     let r0 = ins.op0_register();
     let r1 = ins.op1_register();
+    if k0 == OpKind::Register {
+        if let Some(cc) = cc_number(ins.condition_code()).filter(|_| is_setcc(m)) {
+            return match gpr8(r0) {
+                Some(d) => Fast::Setcc { cc, d },
+                None => Fast::No,
+            };
+        }
+        if m == Mnemonic::Movzx && k1 == OpKind::Register {
+            let d = gpr(r0, true).or_else(|| gpr(r0, false));
+            let s = match r1.size() {
+                1 => gpr8(r1),
+                2 => gpr16(r1),
+                _ => None,
+            };
+            return match (d, s) {
+                (Some(d), Some(s)) => Fast::MovzxRR {
+                    size: r1.size() as u8,
+                    d,
+                    s,
+                },
+                _ => Fast::No,
+            };
+        }
+        if m == Mnemonic::Mul && ins.op_count() == 1 {
+            if let Some(s) = gpr(r0, true) {
+                return Fast::Mul { w64: true, s };
+            }
+            if let Some(s) = gpr(r0, false) {
+                return Fast::Mul { w64: false, s };
+            }
+        }
+    }
     for w64 in [true, false] {
         if k0 == OpKind::Register {
             let Some(d) = gpr(r0, w64) else { continue };

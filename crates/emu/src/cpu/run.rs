@@ -9,7 +9,7 @@
 //! Interrupts are taken between blocks, which the architecture allows: an external interrupt
 //! is recognized at some instruction boundary.
 
-use super::fast::{self, Fast};
+use super::fast::{self, Fast, Step};
 use super::{exec, Cpu, Fault, Handler};
 use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, FlowControl, Instruction};
 use rustc_hash::FxHashMap;
@@ -202,6 +202,10 @@ impl Cpu {
     }
 
     /// Executes up to `limit` instructions of the block at RIP; exceptions are delivered.
+    ///
+    /// Fast forms (`fast.rs`) either complete or change nothing, so they run with RIP and the
+    /// instruction count kept in locals; both are written back before a general handler runs
+    /// (it may read them, fault or exit) and when the block ends.
     fn exec_block(&mut self, limit: usize) -> Result<(), Fault> {
         let block = match self.lookup_block() {
             Ok(b) => b,
@@ -213,23 +217,34 @@ impl Cpu {
         // that queues one ends the block: so none are queued when an instruction starts, and
         // an abandoned instruction's writes are all of them.
         debug_assert!(self.io.writes.is_empty());
+        let mut rip = self.rip;
+        let mut done = 0u64;
         for (ins, handler, next, f) in block.insns.iter().take(limit) {
+            match self.exec_fast(f, *next) {
+                Step::Next => {
+                    rip = *next;
+                    done += 1;
+                    continue;
+                }
+                Step::Branch(target) => {
+                    rip = target;
+                    done += 1;
+                    continue;
+                }
+                Step::Slow => {}
+            }
+            self.rip = rip;
+            // `done` restarts at the handler's own instruction once it completes.
+            self.icount += done;
             self.next_rip = *next;
-            let r = match self.exec_fast(f) {
-                Some(r) => r,
-                None => handler(self, ins),
-            };
-            match r {
+            match handler(self, ins) {
                 Ok(()) => {
-                    self.rip = self.next_rip;
-                    self.icount += 1;
+                    rip = self.next_rip;
+                    done = 1;
                     self.io.commit();
                     if self.end_block {
                         self.end_block = false;
-                        if shadow {
-                            self.int_shadow = false;
-                        }
-                        return Ok(());
+                        break;
                     }
                 }
                 Err(Fault::Ex(e)) => {
@@ -245,6 +260,8 @@ impl Cpu {
                 Err(Fault::Shutdown) => return Err(Fault::Shutdown),
             }
         }
+        self.rip = rip;
+        self.icount += done;
         if shadow {
             self.int_shadow = false;
         }
