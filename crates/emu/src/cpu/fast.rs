@@ -1,16 +1,25 @@
 //! Pre-digested forms of the most frequent instructions, executed inline by the block loop.
 //!
-//! Register moves, ALU operations on registers, LEA, simple 64-bit loads and stores and
-//! direct branches make up most of what a kernel and compiled user code execute. For them
-//! the decoder records the register numbers, immediates and targets once, and the block loop
-//! runs them without an indirect call or any iced-x86 operand decoding. Every other form
-//! (and every corner of these: segment overrides, 16/8-bit operands, non-canonical targets)
-//! keeps its general handler in `exec/`, which stays the reference for their semantics.
+//! Register moves, ALU operations on registers and memory, LEA, loads and stores, shifts and
+//! rotates, SETcc/CMOVcc, MUL/IMUL, direct and register branches make up most of what a kernel
+//! and compiled user code execute. For them the decoder records the register numbers,
+//! immediates, targets and address recipes once, and the block loop runs them without an
+//! indirect call or any iced-x86 operand decoding.
+//!
+//! A fast form never faults: it either completes or changes nothing and answers
+//! [`Step::Slow`], and the general handler then runs the instruction. Memory is reached only
+//! through the TLB's fast path (RAM, present, permitted, within a page; writes only to dirty
+//! pages without decoded code), so a TLB miss, a page split, MMIO, a page fault or a write to
+//! code all take the handler. This keeps the block loop free of per-instruction bookkeeping
+//! and exceptions precise. Every other form (16-bit operands, AH..BH, address-size
+//! overrides, non-canonical targets) keeps its general handler in `exec/`, which stays the
+//! reference for their semantics.
 
 use super::flags::cc_number;
 use super::mem::{read_host, write_host, Access};
 use super::seg::canonical;
 use super::{Cpu, Seg};
+use crate::cpu::exec::int::{ROL, ROR, SAR, SHL, SHR};
 use iced_x86::{Code, FlowControl, Instruction, Mnemonic, OpKind, Register};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,8 +35,8 @@ pub enum Alu {
     Test,
 }
 
-/// A memory operand `[base + index << shift + disp]` with 64-bit registers (`NONE` = absent);
-/// RIP-relative operands become an absolute `disp`.
+/// A memory operand `seg:[base + index << shift + disp]` with 64-bit registers (`NONE` =
+/// absent); RIP-relative operands become an absolute `disp`. Only FS and GS add a base.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Addr {
     seg: Seg,
@@ -39,52 +48,119 @@ pub struct Addr {
 
 const NONE: u8 = 0xff;
 
+/// Operand sizes are in bytes: `sz` is 1, 4 or 8 unless said otherwise. A 1-byte register is
+/// the low byte of a GPR (AL..R15L), written without touching the rest; a 4-byte result
+/// zero-extends into the full register.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fast {
     /// Use the general handler.
     No,
-    /// `mov` between registers; `w64` false means 32-bit (zero-extends).
+    /// NOP in any encoding.
+    Nop,
+    /// `mov` between registers.
     MovRR {
-        w64: bool,
+        sz: u8,
         d: u8,
         s: u8,
     },
-    /// `mov reg, imm` with the value already extended to the full register.
+    /// `mov reg, imm` with the value already truncated to the operand size.
     MovRI {
+        sz: u8,
         d: u8,
         v: u64,
     },
     AluRR {
         op: Alu,
-        w64: bool,
+        sz: u8,
         d: u8,
         s: u8,
     },
     AluRI {
         op: Alu,
-        w64: bool,
+        sz: u8,
         d: u8,
         v: u64,
     },
-    IncDec {
-        dec: bool,
-        w64: bool,
-        d: u8,
-    },
-    Lea {
+    /// `op reg, [mem]`.
+    AluRM {
+        op: Alu,
+        sz: u8,
         d: u8,
         a: Addr,
     },
-    /// `mov reg, [mem]` / `mov [mem], reg` of 4 or 8 bytes in 64-bit code, DS/SS segment.
-    Load {
-        size: u8,
-        d: u8,
-        a: Addr,
-    },
-    Store {
-        size: u8,
+    /// `op [mem], reg` and `op [mem], imm` (read-modify-write unless CMP/TEST).
+    AluMR {
+        op: Alu,
+        sz: u8,
         s: u8,
         a: Addr,
+    },
+    AluMI {
+        op: Alu,
+        sz: u8,
+        v: u64,
+        a: Addr,
+    },
+    IncDec {
+        dec: bool,
+        sz: u8,
+        d: u8,
+    },
+    /// NEG (`neg` true) or NOT of a 4- or 8-byte register.
+    NegNot {
+        neg: bool,
+        sz: u8,
+        d: u8,
+    },
+    /// LEA into a 4- or 8-byte register (the address truncated to it).
+    Lea {
+        sz: u8,
+        d: u8,
+        a: Addr,
+    },
+    /// `mov reg, [mem]`.
+    Load {
+        sz: u8,
+        d: u8,
+        a: Addr,
+    },
+    /// `mov [mem], reg`.
+    Store {
+        sz: u8,
+        s: u8,
+        a: Addr,
+    },
+    /// `mov [mem], imm`.
+    StoreImm {
+        sz: u8,
+        v: u64,
+        a: Addr,
+    },
+    /// `movzx r32/r64, byte/word [mem]`.
+    MovzxLoad {
+        size: u8,
+        d: u8,
+        a: Addr,
+    },
+    /// `movsx`/`movsxd` of a 1-, 2- or 4-byte memory operand into a 4- or 8-byte register.
+    MovsxLoad {
+        size: u8,
+        sz: u8,
+        d: u8,
+        a: Addr,
+    },
+    /// `movzx r32/r64, r8/r16` (zero-extends into the full register).
+    MovzxRR {
+        size: u8,
+        d: u8,
+        s: u8,
+    },
+    /// `movsx r32/r64, r8/r16` and `movsxd r64, r32`.
+    MovsxRR {
+        size: u8,
+        sz: u8,
+        d: u8,
+        s: u8,
     },
     Jcc {
         cc: u8,
@@ -93,21 +169,15 @@ pub enum Fast {
     Jmp {
         target: u64,
     },
-    /// Two-operand `imul reg, reg`.
-    Imul {
-        w64: bool,
-        d: u8,
+    /// `jmp r64` / `call r64` in 64-bit code.
+    JmpR {
         s: u8,
     },
-    /// SHL/SHR/SAR of a register by a non-zero immediate count.
-    Shift {
-        op: u8,
-        w64: bool,
-        d: u8,
-        count: u8,
+    CallR {
+        s: u8,
     },
-    Cmov {
-        cc: u8,
+    /// Two-operand `imul reg, reg`.
+    Imul {
         w64: bool,
         d: u8,
         s: u8,
@@ -117,21 +187,34 @@ pub enum Fast {
         w64: bool,
         s: u8,
     },
+    /// SHL/SHR/SAR/ROL/ROR of a register by a non-zero (masked) immediate count.
+    Shift {
+        op: u8,
+        sz: u8,
+        d: u8,
+        count: u8,
+    },
+    /// The same by CL.
+    ShiftCl {
+        op: u8,
+        sz: u8,
+        d: u8,
+    },
+    Cmov {
+        cc: u8,
+        w64: bool,
+        d: u8,
+        s: u8,
+    },
     /// `setcc r8` for the low byte of a register (not AH..BH).
     Setcc {
         cc: u8,
         d: u8,
     },
-    /// `movzx r32/r64, r8/r16` (zero-extends into the full register).
-    MovzxRR {
-        size: u8,
+    /// BSWAP of a 4- or 8-byte register.
+    Bswap {
+        w64: bool,
         d: u8,
-        s: u8,
-    },
-    /// `movsxd r64, r32`.
-    Movsxd {
-        d: u8,
-        s: u8,
     },
     /// `push r64` / `pop r64` in 64-bit code.
     Push {
@@ -145,67 +228,40 @@ pub enum Fast {
         target: u64,
     },
     Ret,
-    /// `op reg, [mem]`.
-    AluRM {
-        op: Alu,
-        w64: bool,
-        d: u8,
-        a: Addr,
-    },
-    /// `op [mem], reg` and `op [mem], imm` (read-modify-write unless CMP/TEST).
-    AluMR {
-        op: Alu,
-        w64: bool,
-        s: u8,
-        a: Addr,
-    },
-    AluMI {
-        op: Alu,
-        w64: bool,
-        v: u64,
-        a: Addr,
-    },
-    /// `movzx r32/r64, byte/word [mem]`.
-    MovzxLoad {
-        size: u8,
-        d: u8,
-        a: Addr,
-    },
-    /// `mov [mem], imm` of 4 or 8 bytes.
-    StoreImm {
-        size: u8,
-        v: u64,
-        a: Addr,
-    },
 }
 
-/// The GPR number of a 32- or 64-bit register of the wanted width.
-fn gpr(r: Register, w64: bool) -> Option<u8> {
-    if w64 && r.is_gpr64() {
-        Some((r as usize - Register::RAX as usize) as u8)
-    } else if !w64 && r.is_gpr32() {
-        Some((r as usize - Register::EAX as usize) as u8)
-    } else {
-        None
-    }
-}
-
-/// The GPR number of a low-byte register (AL..R15L, not AH..BH).
-fn gpr8(r: Register) -> Option<u8> {
-    match r {
-        Register::AH | Register::CH | Register::DH | Register::BH => None,
-        _ if r.is_gpr8() => {
-            let k = (r as usize - Register::AL as usize) as u8;
-            Some(if k < 4 { k } else { k - 4 })
-        }
+/// The GPR number of a register of `sz` bytes (1: AL..R15L, not AH..BH).
+fn gpr(r: Register, sz: u8) -> Option<u8> {
+    match sz {
+        8 if r.is_gpr64() => Some((r as usize - Register::RAX as usize) as u8),
+        4 if r.is_gpr32() => Some((r as usize - Register::EAX as usize) as u8),
+        2 if r.is_gpr16() => Some((r as usize - Register::AX as usize) as u8),
+        1 => match r {
+            Register::AH | Register::CH | Register::DH | Register::BH => None,
+            _ if r.is_gpr8() => {
+                let k = (r as usize - Register::AL as usize) as u8;
+                Some(if k < 4 { k } else { k - 4 })
+            }
+            _ => None,
+        },
         _ => None,
     }
 }
 
-/// The GPR number of a 16-bit register.
-fn gpr16(r: Register) -> Option<u8> {
-    r.is_gpr16()
-        .then(|| (r as usize - Register::AX as usize) as u8)
+/// Value masks by operand size in bytes (1, 2, 4 or 8).
+static MASKS: [u64; 16] = {
+    let mut m = [0u64; 16];
+    m[1] = 0xff;
+    m[2] = 0xffff;
+    m[4] = 0xffff_ffff;
+    m[8] = u64::MAX;
+    m
+};
+
+/// The value mask of an operand of `sz` (1, 2, 4 or 8) bytes.
+#[inline(always)]
+fn mask(sz: u8) -> u64 {
+    MASKS[usize::from(sz & 15)]
 }
 
 fn alu_op(m: Mnemonic) -> Option<Alu> {
@@ -219,6 +275,17 @@ fn alu_op(m: Mnemonic) -> Option<Alu> {
         Mnemonic::Xor => Alu::Xor,
         Mnemonic::Cmp => Alu::Cmp,
         Mnemonic::Test => Alu::Test,
+        _ => return None,
+    })
+}
+
+fn shift_op(m: Mnemonic) -> Option<u8> {
+    Some(match m {
+        Mnemonic::Shl | Mnemonic::Sal => SHL,
+        Mnemonic::Shr => SHR,
+        Mnemonic::Sar => SAR,
+        Mnemonic::Rol => ROL,
+        Mnemonic::Ror => ROR,
         _ => return None,
     })
 }
@@ -267,20 +334,24 @@ fn is_setcc(m: Mnemonic) -> bool {
     )
 }
 
-/// A 64-bit-register memory operand in DS or SS (no base in 64-bit mode), if it is one.
+/// A memory operand with 64-bit address registers, if it is one.
 fn addr64(ins: &Instruction) -> Option<Addr> {
     let base = ins.memory_base();
     let index = ins.memory_index();
     let seg = match ins.memory_segment() {
-        Register::DS => Seg::Ds,
+        Register::ES => Seg::Es,
+        Register::CS => Seg::Cs,
         Register::SS => Seg::Ss,
+        Register::DS => Seg::Ds,
+        Register::FS => Seg::Fs,
+        Register::GS => Seg::Gs,
         _ => return None,
     };
     let reg = |r: Register| -> Option<u8> {
         if r == Register::None {
             Some(NONE)
         } else {
-            gpr(r, true)
+            gpr(r, 8)
         }
     };
     if base == Register::RIP {
@@ -308,34 +379,30 @@ thread_local! {
     pub static DISABLED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+fn is_imm(k: OpKind) -> bool {
+    matches!(
+        k,
+        OpKind::Immediate8
+            | OpKind::Immediate8to32
+            | OpKind::Immediate8to64
+            | OpKind::Immediate32
+            | OpKind::Immediate32to64
+            | OpKind::Immediate64
+    )
+}
+
 /// Chooses the fast form of a decoded instruction, for code of width `bits`.
 pub fn digest(ins: &Instruction, bits: u32) -> Fast {
     #[cfg(test)]
     if DISABLED.with(|d| d.get()) {
         return Fast::No;
     }
-    let m = ins.mnemonic();
-    let k0 = ins.op_kind(0);
-    let k1 = if ins.op_count() > 1 {
-        ins.op_kind(1)
-    } else {
-        OpKind::Register
-    };
-    let is_imm = |k: OpKind| {
-        matches!(
-            k,
-            OpKind::Immediate8to32
-                | OpKind::Immediate8to64
-                | OpKind::Immediate32
-                | OpKind::Immediate32to64
-                | OpKind::Immediate64
-        )
-    };
     match ins.flow_control() {
         FlowControl::ConditionalBranch => {
             let target = ins.near_branch_target();
-            return match (cc_number(ins.condition_code()), ins.code()) {
-                (Some(cc), _)
+            let k0 = ins.op0_kind();
+            return match cc_number(ins.condition_code()) {
+                Some(cc)
                     if ins.is_jcc_short_or_near()
                         && matches!(k0, OpKind::NearBranch64 | OpKind::NearBranch32)
                         && (bits != 64 || canonical(target)) =>
@@ -364,6 +431,16 @@ pub fn digest(ins: &Instruction, bits: u32) -> Fast {
                 Fast::No
             };
         }
+        FlowControl::IndirectBranch
+            if ins.code() == Code::Jmp_rm64 && ins.op0_kind() == OpKind::Register =>
+        {
+            return gpr(ins.op0_register(), 8).map_or(Fast::No, |s| Fast::JmpR { s });
+        }
+        FlowControl::IndirectCall
+            if ins.code() == Code::Call_rm64 && ins.op0_kind() == OpKind::Register =>
+        {
+            return gpr(ins.op0_register(), 8).map_or(Fast::No, |s| Fast::CallR { s });
+        }
         FlowControl::Call
             if ins.code() == Code::Call_rel32_64 && canonical(ins.near_branch_target()) =>
         {
@@ -378,170 +455,209 @@ pub fn digest(ins: &Instruction, bits: u32) -> Fast {
     if ins.has_lock_prefix() || ins.has_rep_prefix() || ins.has_repne_prefix() {
         return Fast::No;
     }
+    digest_next(ins, bits).unwrap_or(Fast::No)
+}
+
+/// The fast form of an instruction that continues with the next one.
+fn digest_next(ins: &Instruction, bits: u32) -> Option<Fast> {
+    let m = ins.mnemonic();
+    if m == Mnemonic::Nop {
+        return Some(Fast::Nop);
+    }
+    let n = ins.op_count();
+    let k0 = ins.op0_kind();
+    let k1 = if n > 1 {
+        ins.op1_kind()
+    } else {
+        OpKind::Register
+    };
     let r0 = ins.op0_register();
     let r1 = ins.op1_register();
+    // Memory operands only in 64-bit code (no segment bases but FS/GS, no limits).
+    let mem = |k: OpKind| -> Option<Addr> {
+        if k == OpKind::Memory && bits == 64 {
+            addr64(ins)
+        } else {
+            None
+        }
+    };
+    let imm = |sz: u8| ins.immediate(1) & mask(sz);
     if k0 == OpKind::Register {
+        // Forms whose source and destination widths differ.
         if let Some(cc) = cc_number(ins.condition_code()).filter(|_| is_setcc(m)) {
-            return match gpr8(r0) {
-                Some(d) => Fast::Setcc { cc, d },
-                None => Fast::No,
-            };
+            return Some(Fast::Setcc { cc, d: gpr(r0, 1)? });
         }
-        if m == Mnemonic::Movzx && k1 == OpKind::Register {
-            let d = gpr(r0, true).or_else(|| gpr(r0, false));
-            let s = match r1.size() {
-                1 => gpr8(r1),
-                2 => gpr16(r1),
-                _ => None,
-            };
-            return match (d, s) {
-                (Some(d), Some(s)) => Fast::MovzxRR {
-                    size: r1.size() as u8,
+        let dsz = if r0.is_gpr64() { 8 } else { 4 };
+        match m {
+            Mnemonic::Movzx => {
+                let d = gpr(r0, dsz)?;
+                if k1 == OpKind::Register {
+                    let size = r1.size() as u8;
+                    return Some(Fast::MovzxRR {
+                        size,
+                        d,
+                        s: gpr(r1, size)?,
+                    });
+                }
+                let size = ins.memory_size().size() as u8;
+                return Some(Fast::MovzxLoad {
+                    size,
                     d,
-                    s,
-                },
-                _ => Fast::No,
-            };
-        }
-        if m == Mnemonic::Mul && ins.op_count() == 1 {
-            if let Some(s) = gpr(r0, true) {
-                return Fast::Mul { w64: true, s };
+                    a: mem(k1)?,
+                });
             }
-            if let Some(s) = gpr(r0, false) {
-                return Fast::Mul { w64: false, s };
-            }
-        }
-    }
-    for w64 in [true, false] {
-        if k0 == OpKind::Register {
-            let Some(d) = gpr(r0, w64) else { continue };
-            match m {
-                Mnemonic::Mov if k1 == OpKind::Register => {
-                    if let Some(s) = gpr(r1, w64) {
-                        return Fast::MovRR { w64, d, s };
-                    }
-                }
-                Mnemonic::Mov if is_imm(k1) => {
-                    let v = ins.immediate(1);
-                    let v = if w64 { v } else { v & 0xffff_ffff };
-                    return Fast::MovRI { d, v };
-                }
-                Mnemonic::Mov if k1 == OpKind::Memory && bits == 64 => {
-                    if let Some(a) = addr64(ins) {
-                        return Fast::Load {
-                            size: if w64 { 8 } else { 4 },
-                            d,
-                            a,
-                        };
-                    }
-                }
-                Mnemonic::Lea if bits == 64 && w64 => {
-                    if let Some(a) = addr64(ins) {
-                        return Fast::Lea { d, a };
-                    }
-                }
-                Mnemonic::Imul if ins.op_count() == 2 && k1 == OpKind::Register => {
-                    if let Some(s) = gpr(r1, w64) {
-                        return Fast::Imul { w64, d, s };
-                    }
-                }
-                Mnemonic::Shl | Mnemonic::Shr | Mnemonic::Sar if k1 == OpKind::Immediate8 => {
-                    let count = ins.immediate8() & if w64 { 0x3f } else { 0x1f };
-                    if count != 0 {
-                        let op = match m {
-                            Mnemonic::Shl => crate::cpu::exec::int::SHL,
-                            Mnemonic::Shr => crate::cpu::exec::int::SHR,
-                            _ => crate::cpu::exec::int::SAR,
-                        };
-                        return Fast::Shift { op, w64, d, count };
-                    }
-                }
-                Mnemonic::Movsxd if w64 && k1 == OpKind::Register => {
-                    if let Some(s) = gpr(r1, false) {
-                        return Fast::Movsxd { d, s };
-                    }
-                }
-                Mnemonic::Push if w64 && bits == 64 && ins.op_count() == 1 => {
-                    return Fast::Push { s: d };
-                }
-                Mnemonic::Pop if w64 && bits == 64 && ins.op_count() == 1 => {
-                    return Fast::Pop { d };
-                }
-                _ if ins.op_count() == 2 && k1 == OpKind::Register && m != Mnemonic::Mov => {
-                    if let (Some(cc), true) = (cc_number(ins.condition_code()), is_cmov(m)) {
-                        if let Some(s) = gpr(r1, w64) {
-                            return Fast::Cmov { cc, w64, d, s };
-                        }
-                    }
-                }
-                _ => {}
-            }
-            match m {
-                Mnemonic::Inc | Mnemonic::Dec if ins.op_count() == 1 => {
-                    return Fast::IncDec {
-                        dec: m == Mnemonic::Dec,
-                        w64,
+            Mnemonic::Movsx | Mnemonic::Movsxd => {
+                let d = gpr(r0, dsz)?;
+                if k1 == OpKind::Register {
+                    let size = r1.size() as u8;
+                    return Some(Fast::MovsxRR {
+                        size,
+                        sz: dsz,
                         d,
-                    };
+                        s: gpr(r1, size)?,
+                    });
                 }
-                _ => {}
-            }
-            if m == Mnemonic::Movzx && k1 == OpKind::Memory && bits == 64 {
-                let size = ins.memory_size().size();
-                if let (1 | 2, Some(a)) = (size, addr64(ins)) {
-                    return Fast::MovzxLoad {
-                        size: size as u8,
-                        d,
-                        a,
-                    };
+                let size = ins.memory_size().size() as u8;
+                if !matches!(size, 1 | 2 | 4) {
+                    return None;
                 }
+                return Some(Fast::MovsxLoad {
+                    size,
+                    sz: dsz,
+                    d,
+                    a: mem(k1)?,
+                });
             }
-            if let Some(op) = alu_op(m) {
-                if k1 == OpKind::Memory && bits == 64 {
-                    if let Some(a) = addr64(ins) {
-                        return Fast::AluRM { op, w64, d, a };
+            Mnemonic::Mul if n == 1 => {
+                return Some(Fast::Mul {
+                    w64: dsz == 8,
+                    s: gpr(r0, dsz)?,
+                });
+            }
+            Mnemonic::Push if n == 1 && bits == 64 => {
+                return Some(Fast::Push { s: gpr(r0, 8)? });
+            }
+            Mnemonic::Pop if n == 1 && bits == 64 => {
+                return Some(Fast::Pop { d: gpr(r0, 8)? });
+            }
+            Mnemonic::Bswap => {
+                return Some(Fast::Bswap {
+                    w64: dsz == 8,
+                    d: gpr(r0, dsz)?,
+                });
+            }
+            _ => {}
+        }
+        let sz = match r0.size() {
+            8 | 4 | 1 => r0.size() as u8,
+            _ => return None,
+        };
+        let d = gpr(r0, sz)?;
+        let wide = sz >= 4;
+        return match m {
+            Mnemonic::Mov if k1 == OpKind::Register => Some(Fast::MovRR {
+                sz,
+                d,
+                s: gpr(r1, sz)?,
+            }),
+            Mnemonic::Mov if is_imm(k1) => Some(Fast::MovRI { sz, d, v: imm(sz) }),
+            Mnemonic::Mov => Some(Fast::Load { sz, d, a: mem(k1)? }),
+            Mnemonic::Lea if wide => Some(Fast::Lea { sz, d, a: mem(k1)? }),
+            Mnemonic::Imul if wide && n == 2 && k1 == OpKind::Register => Some(Fast::Imul {
+                w64: sz == 8,
+                d,
+                s: gpr(r1, sz)?,
+            }),
+            Mnemonic::Inc | Mnemonic::Dec if n == 1 => Some(Fast::IncDec {
+                dec: m == Mnemonic::Dec,
+                sz,
+                d,
+            }),
+            Mnemonic::Neg | Mnemonic::Not if wide && n == 1 => Some(Fast::NegNot {
+                neg: m == Mnemonic::Neg,
+                sz,
+                d,
+            }),
+            _ if is_cmov(m) && wide && k1 == OpKind::Register => Some(Fast::Cmov {
+                cc: cc_number(ins.condition_code())?,
+                w64: sz == 8,
+                d,
+                s: gpr(r1, sz)?,
+            }),
+            _ => {
+                if let Some(op) = shift_op(m) {
+                    let cmask = if sz == 8 { 0x3f } else { 0x1f };
+                    if k1 == OpKind::Register && r1 == Register::CL {
+                        return Some(Fast::ShiftCl { op, sz, d });
                     }
+                    if !is_imm(k1) {
+                        return None;
+                    }
+                    let count = ins.immediate(1) as u8 & cmask;
+                    return (count != 0).then_some(Fast::Shift { op, sz, d, count });
+                }
+                let op = alu_op(m)?;
+                if n != 2 {
+                    return None;
                 }
                 if k1 == OpKind::Register {
-                    if let Some(s) = gpr(r1, w64) {
-                        return Fast::AluRR { op, w64, d, s };
-                    }
+                    Some(Fast::AluRR {
+                        op,
+                        sz,
+                        d,
+                        s: gpr(r1, sz)?,
+                    })
                 } else if is_imm(k1) {
-                    let v = ins.immediate(1);
-                    let v = if w64 { v } else { v & 0xffff_ffff };
-                    return Fast::AluRI { op, w64, d, v };
+                    Some(Fast::AluRI {
+                        op,
+                        sz,
+                        d,
+                        v: imm(sz),
+                    })
+                } else {
+                    Some(Fast::AluRM {
+                        op,
+                        sz,
+                        d,
+                        a: mem(k1)?,
+                    })
                 }
             }
-        } else if k0 == OpKind::Memory && bits == 64 {
-            let size = ins.memory_size().size();
-            if size != if w64 { 8 } else { 4 } {
-                continue;
-            }
-            let Some(a) = addr64(ins) else {
-                return Fast::No;
-            };
-            let size = size as u8;
-            if k1 == OpKind::Register {
-                let Some(s) = gpr(r1, w64) else { continue };
-                if m == Mnemonic::Mov {
-                    return Fast::Store { size, s, a };
-                }
-                if let Some(op) = alu_op(m) {
-                    return Fast::AluMR { op, w64, s, a };
-                }
-            } else if is_imm(k1) {
-                let v = ins.immediate(1);
-                let v = if w64 { v } else { v & 0xffff_ffff };
-                if m == Mnemonic::Mov {
-                    return Fast::StoreImm { size, v, a };
-                }
-                if let Some(op) = alu_op(m) {
-                    return Fast::AluMI { op, w64, v, a };
-                }
-            }
-        }
+        };
     }
-    Fast::No
+    let a = mem(k0)?;
+    if n != 2 {
+        return None;
+    }
+    let sz = ins.memory_size().size() as u8;
+    if !matches!(sz, 1 | 4 | 8) {
+        return None;
+    }
+    if k1 == OpKind::Register {
+        let s = gpr(r1, sz)?;
+        if m == Mnemonic::Mov {
+            return Some(Fast::Store { sz, s, a });
+        }
+        return Some(Fast::AluMR {
+            op: alu_op(m)?,
+            sz,
+            s,
+            a,
+        });
+    }
+    if !is_imm(k1) {
+        return None;
+    }
+    let v = imm(sz);
+    if m == Mnemonic::Mov {
+        return Some(Fast::StoreImm { sz, v, a });
+    }
+    Some(Fast::AluMI {
+        op: alu_op(m)?,
+        sz,
+        v,
+        a,
+    })
 }
 
 /// What a fast form did.
@@ -551,14 +667,30 @@ pub enum Step {
     Next,
     /// Done; a branch was taken to this address.
     Branch(u64),
-    /// Nothing was changed: the general handler must run the instruction (no fast form, or
-    /// a memory access off the TLB's fast path, or anything that may fault).
+    /// Nothing was changed: the general handler must run the instruction.
     Slow,
 }
 
 impl Cpu {
+    /// The linear address of a memory operand (64-bit mode: only FS and GS have a base).
     #[inline(always)]
-    fn addr(&self, a: &Addr) -> u64 {
+    fn lin(&self, a: &Addr) -> u64 {
+        let mut v = a.disp;
+        if a.base != NONE {
+            v = v.wrapping_add(self.gpr[(a.base & 15) as usize]);
+        }
+        if a.index != NONE {
+            v = v.wrapping_add(self.gpr[(a.index & 15) as usize] << a.shift);
+        }
+        if matches!(a.seg, Seg::Fs | Seg::Gs) {
+            v = v.wrapping_add(self.seg[a.seg as usize].base);
+        }
+        v
+    }
+
+    /// The effective address of a memory operand (no segment base), for LEA.
+    #[inline(always)]
+    fn ea_fast(&self, a: &Addr) -> u64 {
         let mut v = a.disp;
         if a.base != NONE {
             v = v.wrapping_add(self.gpr[(a.base & 15) as usize]);
@@ -580,31 +712,52 @@ impl Cpu {
         self.fast(lin, size, acc)
     }
 
-    /// Computes `a op b` at 32 or 64 bits, records the flags, and returns the result if the
-    /// operation writes one (CMP and TEST do not).
+    /// Reads a register of `sz` bytes.
     #[inline(always)]
-    fn alu_value(&mut self, op: Alu, w64: bool, a: u64, b: u64) -> Option<u64> {
-        let (mask, bits) = if w64 {
-            (u64::MAX, 64)
+    fn get(&self, r: u8, sz: u8) -> u64 {
+        self.gpr[(r & 15) as usize] & mask(sz)
+    }
+
+    /// Writes a register of `sz` bytes (`v` already truncated): a 4-byte write zero-extends,
+    /// a 1-byte one keeps the rest of the register.
+    #[inline(always)]
+    fn put(&mut self, r: u8, sz: u8, v: u64) {
+        if sz >= 4 {
+            self.gpr[(r & 15) as usize] = v;
         } else {
-            (0xffff_ffff, 32)
-        };
-        let (a, b) = (a & mask, b & mask);
+            self.put_byte(r, v);
+        }
+    }
+
+    /// The 1-byte case of `put`, out of line: merged into `put`, the compiler would make
+    /// every wide write depend on the register's old value.
+    #[inline(never)]
+    fn put_byte(&mut self, r: u8, v: u64) {
+        let i = (r & 15) as usize;
+        self.gpr[i] = (self.gpr[i] & !0xff) | (v & 0xff);
+    }
+
+    /// Computes `a op b` at `sz` bytes (operands already truncated), records the flags, and
+    /// returns the result if the operation writes one (CMP and TEST do not).
+    #[inline(always)]
+    fn alu_value(&mut self, op: Alu, sz: u8, a: u64, b: u64) -> Option<u64> {
+        let m = mask(sz);
+        let bits = u32::from(sz) * 8;
         let f = &mut self.flags;
         Some(match op {
             Alu::Add => {
-                let r = a.wrapping_add(b) & mask;
+                let r = a.wrapping_add(b) & m;
                 f.set_add(a, b, false, r, bits);
                 r
             }
             Alu::Adc => {
                 let c = f.cf();
-                let r = a.wrapping_add(b).wrapping_add(c as u64) & mask;
+                let r = a.wrapping_add(b).wrapping_add(c as u64) & m;
                 f.set_add(a, b, c, r, bits);
                 r
             }
             Alu::Sub | Alu::Cmp => {
-                let r = a.wrapping_sub(b) & mask;
+                let r = a.wrapping_sub(b) & m;
                 f.set_sub(a, b, false, r, bits);
                 if op == Alu::Cmp {
                     return None;
@@ -613,7 +766,7 @@ impl Cpu {
             }
             Alu::Sbb => {
                 let c = f.cf();
-                let r = a.wrapping_sub(b).wrapping_sub(c as u64) & mask;
+                let r = a.wrapping_sub(b).wrapping_sub(c as u64) & m;
                 f.set_sub(a, b, c, r, bits);
                 r
             }
@@ -639,51 +792,44 @@ impl Cpu {
     }
 
     #[inline(always)]
-    fn alu(&mut self, op: Alu, w64: bool, d: u8, b: u64) {
-        let i = (d & 15) as usize;
-        if let Some(r) = self.alu_value(op, w64, self.gpr[i], b) {
-            // A 32-bit result zero-extends into the full register.
-            self.gpr[i] = r;
+    fn alu(&mut self, op: Alu, sz: u8, d: u8, b: u64) {
+        if let Some(r) = self.alu_value(op, sz, self.get(d, sz), b) {
+            self.put(d, sz, r);
         }
     }
 
     /// `op [mem], b` on the fast path: the page must be writable unless the operation only
     /// reads (CMP, TEST), so that nothing can fail once the flags have changed.
     #[inline(always)]
-    fn alu_mem(&mut self, op: Alu, w64: bool, a: &Addr, b: u64) -> Step {
-        let size = if w64 { 8 } else { 4 };
+    fn alu_mem(&mut self, op: Alu, sz: u8, a: &Addr, b: u64) -> Step {
+        let size = sz as usize;
         let writes = !matches!(op, Alu::Cmp | Alu::Test);
         let acc = if writes { Access::Write } else { Access::Read };
-        let Some(p) = self.ptr64(self.addr(a), size, acc) else {
+        let Some(p) = self.ptr64(self.lin(a), size, acc) else {
             return Step::Slow;
         };
         // SAFETY: `ptr64` returned a pointer with `size` readable (and, for a write access,
         // writable) bytes.
         let v = unsafe { read_host(p, size) };
-        if let Some(r) = self.alu_value(op, w64, v, b) {
+        if let Some(r) = self.alu_value(op, sz, v, b) {
             // SAFETY: as above; `writes` is true for every operation that returns a result.
             unsafe { write_host(p, size, r) };
         }
         Step::Next
     }
 
-    /// Loads `size` bytes into a register on the fast path.
+    /// Reads `size` bytes of memory on the fast path.
     #[inline(always)]
-    fn load(&mut self, d: u8, a: &Addr, size: usize) -> Step {
-        match self.ptr64(self.addr(a), size, Access::Read) {
-            Some(p) => {
-                // SAFETY: `ptr64` returned a pointer with `size` readable bytes.
-                self.gpr[(d & 15) as usize] = unsafe { read_host(p, size) };
-                Step::Next
-            }
-            None => Step::Slow,
-        }
+    fn load_fast(&self, a: &Addr, size: usize) -> Option<u64> {
+        let p = self.ptr64(self.lin(a), size, Access::Read)?;
+        // SAFETY: `ptr64` returned a pointer with `size` readable bytes.
+        Some(unsafe { read_host(p, size) })
     }
 
     /// Stores `size` bytes on the fast path.
     #[inline(always)]
     fn store(&mut self, a: &Addr, size: usize, v: u64) -> Step {
-        match self.ptr64(self.addr(a), size, Access::Write) {
+        match self.ptr64(self.lin(a), size, Access::Write) {
             Some(p) => {
                 // SAFETY: `ptr64` returned a pointer with `size` writable bytes.
                 unsafe { write_host(p, size, v) };
@@ -708,7 +854,7 @@ impl Cpu {
         }
     }
 
-    /// Pops 8 bytes on the fast path, leaving RSP to the caller.
+    /// Reads the 8 bytes at RSP on the fast path, leaving RSP to the caller.
     #[inline(always)]
     fn peek_fast(&self) -> Option<u64> {
         let p = self.ptr64(self.gpr[4], 8, Access::Read)?;
@@ -723,37 +869,66 @@ impl Cpu {
     pub(super) fn exec_fast(&mut self, f: &Fast, next: u64) -> Step {
         match *f {
             Fast::No => return Step::Slow,
-            Fast::MovRR { w64, d, s } => {
-                let v = self.gpr[(s & 15) as usize];
-                self.gpr[(d & 15) as usize] = if w64 { v } else { v & 0xffff_ffff };
-            }
-            Fast::MovRI { d, v } => self.gpr[(d & 15) as usize] = v,
-            Fast::AluRR { op, w64, d, s } => {
-                let b = self.gpr[(s & 15) as usize];
-                self.alu(op, w64, d, b);
-            }
-            Fast::AluRI { op, w64, d, v } => self.alu(op, w64, d, v),
-            Fast::IncDec { dec, w64, d } => {
-                let (mask, bits) = if w64 {
-                    (u64::MAX, 64)
-                } else {
-                    (0xffff_ffff, 32)
+            Fast::Nop => {}
+            Fast::MovRR { sz, d, s } => self.put(d, sz, self.get(s, sz)),
+            Fast::MovRI { sz, d, v } => self.put(d, sz, v),
+            Fast::AluRR { op, sz, d, s } => self.alu(op, sz, d, self.get(s, sz)),
+            Fast::AluRI { op, sz, d, v } => self.alu(op, sz, d, v),
+            Fast::AluRM { op, sz, d, a } => {
+                let Some(b) = self.load_fast(&a, sz as usize) else {
+                    return Step::Slow;
                 };
-                let i = (d & 15) as usize;
-                let a = self.gpr[i] & mask;
+                self.alu(op, sz, d, b);
+            }
+            Fast::AluMR { op, sz, s, a } => return self.alu_mem(op, sz, &a, self.get(s, sz)),
+            Fast::AluMI { op, sz, v, a } => return self.alu_mem(op, sz, &a, v),
+            Fast::IncDec { dec, sz, d } => {
+                let m = mask(sz);
+                let a = self.get(d, sz);
                 let r = if dec {
                     a.wrapping_sub(1)
                 } else {
                     a.wrapping_add(1)
-                } & mask;
-                self.flags.set_incdec(dec, a, r, bits);
-                self.gpr[i] = r;
+                } & m;
+                self.flags.set_incdec(dec, a, r, u32::from(sz) * 8);
+                self.put(d, sz, r);
             }
-            Fast::Lea { d, a } => self.gpr[(d & 15) as usize] = self.addr(&a),
-            Fast::Load { size, d, a } => return self.load(d, &a, size as usize),
-            Fast::Store { size, s, a } => {
-                let v = self.gpr[(s & 15) as usize];
-                return self.store(&a, size as usize, v);
+            Fast::NegNot { neg, sz, d } => {
+                let m = mask(sz);
+                let a = self.get(d, sz);
+                let r = if neg {
+                    let r = a.wrapping_neg() & m;
+                    self.flags.set_sub(0, a, false, r, u32::from(sz) * 8);
+                    r
+                } else {
+                    !a & m
+                };
+                self.put(d, sz, r);
+            }
+            Fast::Lea { sz, d, a } => self.put(d, sz, self.ea_fast(&a) & mask(sz)),
+            Fast::Load { sz, d, a } => {
+                let Some(v) = self.load_fast(&a, sz as usize) else {
+                    return Step::Slow;
+                };
+                self.put(d, sz, v);
+            }
+            Fast::Store { sz, s, a } => return self.store(&a, sz as usize, self.get(s, sz)),
+            Fast::StoreImm { sz, v, a } => return self.store(&a, sz as usize, v),
+            Fast::MovzxLoad { size, d, a } => {
+                let Some(v) = self.load_fast(&a, size as usize) else {
+                    return Step::Slow;
+                };
+                self.gpr[(d & 15) as usize] = v;
+            }
+            Fast::MovsxLoad { size, sz, d, a } => {
+                let Some(v) = self.load_fast(&a, size as usize) else {
+                    return Step::Slow;
+                };
+                self.put(d, sz, sext(v, size) & mask(sz));
+            }
+            Fast::MovzxRR { size, d, s } => self.gpr[(d & 15) as usize] = self.get(s, size),
+            Fast::MovsxRR { size, sz, d, s } => {
+                self.put(d, sz, sext(self.get(s, size), size) & mask(sz));
             }
             Fast::Jcc { cc, target } => {
                 if self.flags.cond(cc) {
@@ -761,22 +936,20 @@ impl Cpu {
                 }
             }
             Fast::Jmp { target } => return Step::Branch(target),
-            Fast::AluRM { op, w64, d, a } => {
-                let size = if w64 { 8 } else { 4 };
-                let Some(p) = self.ptr64(self.addr(&a), size, Access::Read) else {
+            Fast::JmpR { s } => {
+                let target = self.gpr[(s & 15) as usize];
+                if !canonical(target) {
                     return Step::Slow;
-                };
-                // SAFETY: `ptr64` returned a pointer with `size` readable bytes.
-                let b = unsafe { read_host(p, size) };
-                self.alu(op, w64, d, b);
+                }
+                return Step::Branch(target);
             }
-            Fast::AluMR { op, w64, s, a } => {
-                let b = self.gpr[(s & 15) as usize];
-                return self.alu_mem(op, w64, &a, b);
+            Fast::CallR { s } => {
+                let target = self.gpr[(s & 15) as usize];
+                if !canonical(target) || !self.push_fast(next) {
+                    return Step::Slow;
+                }
+                return Step::Branch(target);
             }
-            Fast::AluMI { op, w64, v, a } => return self.alu_mem(op, w64, &a, v),
-            Fast::MovzxLoad { size, d, a } => return self.load(d, &a, size as usize),
-            Fast::StoreImm { size, v, a } => return self.store(&a, size as usize, v),
             Fast::Imul { w64, d, s } => {
                 let (a, b) = (self.gpr[(d & 15) as usize], self.gpr[(s & 15) as usize]);
                 let (res, overflow, bits) = if w64 {
@@ -803,22 +976,21 @@ impl Cpu {
                 let c = hi != 0;
                 self.flags.set_result(lo, bits, c, c, false);
             }
-            Fast::Shift { op, w64, d, count } => {
-                let i = (d & 15) as usize;
-                let size = if w64 { 8 } else { 4 };
-                let a = if w64 {
-                    self.gpr[i]
+            Fast::Shift { op, sz, d, count } => {
+                let a = self.get(d, sz);
+                let r = shift_dyn(op, &mut self.flags, a, u32::from(count), sz);
+                self.put(d, sz, r);
+            }
+            Fast::ShiftCl { op, sz, d } => {
+                let count = self.gpr[1] as u32 & if sz == 8 { 0x3f } else { 0x1f };
+                let a = self.get(d, sz);
+                // A zero count changes no flag, but a 4-byte destination is still written.
+                let r = if count == 0 {
+                    a
                 } else {
-                    self.gpr[i] & 0xffff_ffff
+                    shift_dyn(op, &mut self.flags, a, count, sz)
                 };
-                let r = crate::cpu::exec::int::shift_dyn(
-                    op,
-                    &mut self.flags,
-                    a,
-                    u32::from(count),
-                    size,
-                );
-                self.gpr[i] = if w64 { r } else { r & 0xffff_ffff };
+                self.put(d, sz, r);
             }
             Fast::Cmov { cc, w64, d, s } => {
                 let i = (d & 15) as usize;
@@ -830,16 +1002,14 @@ impl Cpu {
                 // A 32-bit CMOV zero-extends its destination whatever the condition.
                 self.gpr[i] = if w64 { v } else { v & 0xffff_ffff };
             }
-            Fast::Setcc { cc, d } => {
+            Fast::Setcc { cc, d } => self.put(d, 1, self.flags.cond(cc) as u64),
+            Fast::Bswap { w64, d } => {
                 let i = (d & 15) as usize;
-                self.gpr[i] = (self.gpr[i] & !0xff) | self.flags.cond(cc) as u64;
-            }
-            Fast::MovzxRR { size, d, s } => {
-                let v = self.gpr[(s & 15) as usize];
-                self.gpr[(d & 15) as usize] = if size == 1 { v & 0xff } else { v & 0xffff };
-            }
-            Fast::Movsxd { d, s } => {
-                self.gpr[(d & 15) as usize] = self.gpr[(s & 15) as usize] as i32 as i64 as u64;
+                self.gpr[i] = if w64 {
+                    self.gpr[i].swap_bytes()
+                } else {
+                    u64::from((self.gpr[i] as u32).swap_bytes())
+                };
             }
             Fast::Push { s } => {
                 let v = self.gpr[(s & 15) as usize];
@@ -874,6 +1044,23 @@ impl Cpu {
         }
         Step::Next
     }
+}
+
+/// Sign-extends the low `size` bytes of `v`.
+#[inline(always)]
+fn sext(v: u64, size: u8) -> u64 {
+    match size {
+        1 => v as u8 as i8 as i64 as u64,
+        2 => v as u16 as i16 as i64 as u64,
+        4 => v as u32 as i32 as i64 as u64,
+        _ => v,
+    }
+}
+
+/// SHL/SHR/SAR/ROL/ROR at `sz` bytes by a non-zero masked count.
+#[inline(always)]
+fn shift_dyn(op: u8, f: &mut super::flags::Flags, a: u64, count: u32, sz: u8) -> u64 {
+    crate::cpu::exec::int::shift_dyn(op, f, a, count, sz as usize)
 }
 
 #[cfg(test)]

@@ -4,8 +4,10 @@
 
 use super::DISABLED;
 use crate::cpu::flags::{AF, ARITH};
+use crate::cpu::mem::Access;
 use crate::cpu::run::Stop;
-use crate::testutil::{TestMachine, CODE, DATA};
+use crate::cpu::Seg;
+use crate::testutil::{TestMachine, CODE, DATA, STACK};
 use iced_x86::code_asm::*;
 
 type Build = fn(&mut CodeAssembler) -> Result<(), IcedError>;
@@ -31,12 +33,26 @@ impl Rng {
     }
 }
 
-fn run(code: &[u8], regs: &[u64; 16], mem: &[u8], flags: u64, fast: bool) -> TestMachine {
+fn run(
+    code: &[u8],
+    regs: &[u64; 16],
+    mem: &[u8],
+    flags: u64,
+    fast: bool,
+    warm: bool,
+) -> TestMachine {
     DISABLED.with(|d| d.set(!fast));
     let mut m = TestMachine::new64(code);
     m.load(DATA, mem);
     m.cpu.gpr = *regs;
     m.cpu.flags.set(flags);
+    m.cpu.seg[Seg::Gs as usize].base = 0x100;
+    if warm {
+        // Fill the TLB so that the memory forms take their fast path, not the handler.
+        for page in [DATA, STACK - 0x1000] {
+            m.cpu.translate(page, Access::Write, false).unwrap();
+        }
+    }
     let stop = m.run(1000);
     DISABLED.with(|d| d.set(false));
     assert_eq!(stop, Stop::Halt);
@@ -59,8 +75,10 @@ fn check(name: &str, build: Build, undefined: u64) {
         regs[6] = rng.next() % 64; // rsi: index
         let mem: Vec<u8> = (0..1024).map(|_| rng.next() as u8).collect();
         let flags = rng.next() & (ARITH | crate::cpu::flags::DF);
-        let f = run(&code, &regs, &mem, flags, true);
-        let g = run(&code, &regs, &mem, flags, false);
+        // Odd cases start with a cold TLB: the memory forms fall back to the handlers.
+        let warm = case % 2 == 0;
+        let f = run(&code, &regs, &mem, flags, true, warm);
+        let g = run(&code, &regs, &mem, flags, false, warm);
         let what = format!("{name}, case {case}");
         assert_eq!(f.cpu.gpr, g.cpu.gpr, "{what}: registers");
         assert_eq!(f.cpu.rip, g.cpu.rip, "{what}: rip");
@@ -139,6 +157,25 @@ fn register_forms_match_the_handlers() {
             | crate::cpu::flags::OF,
     );
     check(
+        "setcc movzx mul",
+        |a| {
+            a.cmp(rax, rcx)?;
+            a.setb(sil)?;
+            a.setl(r9b)?;
+            a.sete(al)?;
+            a.seta(ah)?;
+            a.movzx(esi, sil)?;
+            a.movzx(rdx, r9b)?;
+            a.movzx(r10d, cx)?;
+            a.movzx(ecx, bh)?;
+            a.mul(r11)?;
+            a.setc(dil)?;
+            a.mul(r12d)?;
+            a.seto(r13b)
+        },
+        crate::cpu::flags::SF | crate::cpu::flags::ZF | crate::cpu::flags::PF,
+    );
+    check(
         "branches",
         |a| {
             let mut l1 = a.create_label();
@@ -151,6 +188,101 @@ fn register_forms_match_the_handlers() {
             a.je(l2)?;
             a.jmp(l2)?;
             a.set_label(&mut l2)?;
+            a.nop()
+        },
+        0,
+    );
+}
+
+#[test]
+fn byte_rotate_and_unary_forms_match_the_handlers() {
+    check(
+        "byte registers",
+        |a| {
+            a.cmp(al, cl)?;
+            a.test(dl, r8b)?;
+            a.add(sil, 5)?;
+            a.adc(r9b, r10b)?;
+            a.sbb(dil, -1)?;
+            a.mov(r10b, r11b)?;
+            a.mov(r12b, 0x80)?;
+            a.inc(r13b)?;
+            a.dec(al)?;
+            a.shl(cl, 3)?;
+            a.sar(dl, 7)?;
+            a.xor(ah, al)?;
+            a.mov(ch, 1)?;
+            a.cmp(al, 0x41)
+        },
+        0,
+    );
+    check(
+        "byte memory",
+        |a| {
+            a.sub(byte_ptr(rbx + 8), al)?;
+            a.test(byte_ptr(rbx + rsi), 0x40)?;
+            a.cmp(byte_ptr(rbx + 0x10), dl)?;
+            a.mov(byte_ptr(rbx + 0x20), cl)?;
+            a.mov(byte_ptr(rbx + 0x21), 0x7f)?;
+            a.mov(r9b, byte_ptr(rbx + rsi))?;
+            a.cmp(r9b, byte_ptr(rbx + 0x22))?;
+            a.or(byte_ptr(rbx + 0x23), 0x81)?;
+            a.add(r10b, byte_ptr(rbx + rsi + 3))
+        },
+        0,
+    );
+    check(
+        "rotates and cl shifts",
+        |a| {
+            a.rol(eax, 7)?;
+            a.ror(rdx, 13)?;
+            a.rol(r8d, 31)?;
+            a.ror(r9b, 9)?;
+            a.shl(rax, cl)?;
+            a.shr(r9d, cl)?;
+            a.sar(r10, cl)?;
+            a.ror(r11d, cl)?;
+            a.rol(r12, cl)?;
+            a.shl(r13d, 1)
+        },
+        crate::cpu::flags::OF,
+    );
+    check(
+        "unary lea32 movsx bswap nop",
+        |a| {
+            a.neg(rax)?;
+            a.not(ecx)?;
+            a.neg(r8d)?;
+            a.lea(r9d, dword_ptr(rbx + rsi * 4 + 8))?;
+            a.movsx(r10, cl)?;
+            a.movsx(r11d, dx)?;
+            a.movsx(eax, byte_ptr(rbx + rsi))?;
+            a.movsxd(rdx, dword_ptr(rbx + 0x40))?;
+            a.movsx(r12, word_ptr(rbx + 0x50))?;
+            a.bswap(r13)?;
+            a.bswap(r14d)?;
+            a.nop()?;
+            a.nop_1(dword_ptr(rax))?;
+            a.neg(r15)
+        },
+        0,
+    );
+    check(
+        "gs and indirect branches",
+        |a| {
+            let mut f = a.create_label();
+            let mut done = a.create_label();
+            a.mov(rax, qword_ptr(rbx + 8).gs())?;
+            a.add(dword_ptr(rbx + rsi + 0x10).gs(), ecx)?;
+            a.mov(qword_ptr(rbx + 0x30).gs(), rdx)?;
+            a.lea(r8, ptr(f))?;
+            a.call(r8)?;
+            a.lea(r9, ptr(done))?;
+            a.jmp(r9)?;
+            a.set_label(&mut f)?;
+            a.add(r10, 1)?;
+            a.ret()?;
+            a.set_label(&mut done)?;
             a.nop()
         },
         0,
@@ -207,4 +339,84 @@ fn memory_and_stack_forms_match_the_handlers() {
         },
         0,
     );
+}
+
+/// A fault in the middle of a block leaves the same precise state with and without the fast
+/// forms: the instructions before it done, RIP at the faulting one, the count of instructions
+/// executed, CR2.
+#[test]
+fn a_fault_mid_block_is_precise() {
+    let mut a = CodeAssembler::new(64).unwrap();
+    a.add(rax, rcx).unwrap();
+    a.mov(qword_ptr(rbx + 8), rax).unwrap();
+    a.inc(rdx).unwrap();
+    a.mov(r8, qword_ptr(rsi)).unwrap(); // rsi: unmapped (above the first GiB)
+    a.add(r9, 1).unwrap();
+    a.hlt().unwrap();
+    let code = a.assemble(CODE).unwrap();
+    let mut regs = [7u64; 16];
+    regs[3] = DATA;
+    regs[4] = STACK;
+    regs[6] = 0x4000_0010;
+    let outcome = |fast: bool| {
+        DISABLED.with(|d| d.set(!fast));
+        let mut m = TestMachine::new64(&code);
+        m.cpu.gpr = regs;
+        m.cpu.translate(DATA, Access::Write, false).unwrap();
+        let stop = m.run(1000);
+        DISABLED.with(|d| d.set(false));
+        (
+            stop,
+            m.cpu.gpr,
+            m.cpu.rip,
+            m.cpu.cr2,
+            m.cpu.icount,
+            m.ram()[DATA as usize + 8],
+        )
+    };
+    let f = outcome(true);
+    assert_eq!(f, outcome(false));
+    assert_eq!(f.3, 0x4000_0010, "cr2");
+    assert_eq!(f.1[0], 14, "the add before the fault is done");
+    assert_eq!(f.1[2], 8, "the inc before the fault is done");
+    assert_eq!(f.1[9], 7, "the add after the fault is not");
+    assert_eq!(f.5, 14, "the store before the fault is done");
+}
+
+/// The instructions the differential tests rely on do get a fast form (a form that silently
+/// fell back to its handler would make them compare the handler with itself).
+#[test]
+fn the_hot_forms_are_digested() {
+    use super::{digest, Fast};
+    let mut a = CodeAssembler::new(64).unwrap();
+    let mut l = a.create_label();
+    a.set_label(&mut l).unwrap();
+    a.test(dl, r8b).unwrap();
+    a.cmp(byte_ptr(rbx + 0x10), dl).unwrap();
+    a.mov(byte_ptr(rbx + 0x21), 0x7f).unwrap();
+    a.mov(r9b, byte_ptr(rbx + rsi)).unwrap();
+    a.rol(eax, 7).unwrap();
+    a.ror(r9b, 9).unwrap();
+    a.shl(rax, cl).unwrap();
+    a.shl(r13d, 1).unwrap();
+    a.neg(rax).unwrap();
+    a.not(ecx).unwrap();
+    a.lea(r9d, dword_ptr(rbx + rsi * 4 + 8)).unwrap();
+    a.movsx(r10, cl).unwrap();
+    a.movsxd(rdx, dword_ptr(rbx + 0x40)).unwrap();
+    a.movzx(esi, sil).unwrap();
+    a.setb(sil).unwrap();
+    a.mul(r11).unwrap();
+    a.bswap(r14d).unwrap();
+    a.nop_1(dword_ptr(rax)).unwrap();
+    a.mov(rax, qword_ptr(rbx + 8).gs()).unwrap();
+    a.add(dword_ptr(rbx + rsi + 0x10).gs(), ecx).unwrap();
+    a.call(r8).unwrap();
+    a.jmp(r9).unwrap();
+    let code = a.assemble(CODE).unwrap();
+    let mut d = iced_x86::Decoder::with_ip(64, &code, CODE, iced_x86::DecoderOptions::NONE);
+    while d.can_decode() {
+        let ins = d.decode();
+        assert_ne!(digest(&ins, 64), Fast::No, "{ins}");
+    }
 }

@@ -42,6 +42,9 @@ pub enum Op {
     /// INC/DEC: like ADD/SUB of 1 but CF is kept (stored in `carry`).
     Inc,
     Dec,
+    /// ZF/SF/PF from `res`, CF in `carry`, OF in `a` and AF in `b` (non-zero: set): shifts,
+    /// multiplies and bit operations.
+    Result,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -141,27 +144,12 @@ impl Flags {
     /// CF, OF and AF: for shifts, multiplies and bit operations.
     #[inline]
     pub fn set_result(&mut self, res: u64, bits: u32, cf: bool, of: bool, af: bool) {
-        let res = res & mask(bits);
-        let mut f = 0;
-        if cf {
-            f |= CF;
-        }
-        if of {
-            f |= OF;
-        }
-        if af {
-            f |= AF;
-        }
-        if res == 0 {
-            f |= ZF;
-        }
-        if sign(res, bits) {
-            f |= SF;
-        }
-        if parity(res) {
-            f |= PF;
-        }
-        self.set_arith(f);
+        self.op = Op::Result;
+        self.bits = bits;
+        self.res = res & mask(bits);
+        self.carry = cf;
+        self.a = u64::from(of);
+        self.b = u64::from(af);
     }
 
     /// Changes single arithmetic flags and keeps the others (BT, CLC/STC/CMC, ...).
@@ -179,7 +167,7 @@ impl Flags {
             Op::Add => self.res < self.a || (self.carry && self.res == self.a),
             Op::Sub => self.a < self.b || (self.carry && self.a == self.b),
             Op::Logic => false,
-            Op::Inc | Op::Dec => self.carry,
+            Op::Inc | Op::Dec | Op::Result => self.carry,
         }
     }
 
@@ -212,6 +200,7 @@ impl Flags {
         match self.op {
             Op::Explicit => self.explicit & AF != 0,
             Op::Logic => false,
+            Op::Result => self.b != 0,
             _ => (self.a ^ self.b ^ self.res) & 0x10 != 0,
         }
     }
@@ -224,6 +213,7 @@ impl Flags {
             Op::Add | Op::Inc => sign((self.a ^ self.res) & (self.b ^ self.res), bits),
             Op::Sub | Op::Dec => sign((self.a ^ self.b) & (self.a ^ self.res), bits),
             Op::Logic => false,
+            Op::Result => self.a != 0,
         }
     }
 
@@ -286,8 +276,31 @@ impl Flags {
     }
 
     /// Evaluates a condition code (the low nibble of Jcc/SETcc/CMOVcc opcodes).
+    ///
+    /// After a CMP/SUB without borrow-in the unsigned and signed orders of the operands
+    /// answer directly (B, E, BE, L, LE); everything else computes the flags involved.
     #[inline]
     pub fn cond(&self, cc: u8) -> bool {
+        if self.op == Op::Sub && !self.carry {
+            // Shifting both operands to the top keeps their signed order at any width.
+            let sh = 64 - self.bits;
+            let (sa, sb) = ((self.a << sh) as i64, (self.b << sh) as i64);
+            let r = match cc >> 1 {
+                1 => self.a < self.b,
+                2 => self.a == self.b,
+                3 => self.a <= self.b,
+                6 => sa < sb,
+                7 => sa <= sb,
+                _ => return self.cond_flags(cc),
+            };
+            return r ^ (cc & 1 == 1);
+        }
+        self.cond_flags(cc)
+    }
+
+    /// `cond` from the individual flags.
+    #[inline]
+    fn cond_flags(&self, cc: u8) -> bool {
         let r = match cc >> 1 {
             0 => self.of(),
             1 => self.cf(),
@@ -342,6 +355,87 @@ pub fn parity(v: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn result_flags_are_recorded_lazily() {
+        for bits in [8, 16, 32, 64] {
+            for res in [
+                0u64,
+                1,
+                0x80,
+                0xff,
+                0x8000,
+                0x8000_0000,
+                1 << 63,
+                u64::MAX,
+                0x1234,
+            ] {
+                for k in 0..8u32 {
+                    let (cf, of, af) = (k & 1 != 0, k & 2 != 0, k & 4 != 0);
+                    let mut f = Flags::default();
+                    f.set_result(res, bits, cf, of, af);
+                    let r = res & mask(bits);
+                    let mut want = 0;
+                    for (on, bit) in [
+                        (cf, CF),
+                        (of, OF),
+                        (af, AF),
+                        (r == 0, ZF),
+                        (sign(r, bits), SF),
+                        (parity(r), PF),
+                    ] {
+                        if on {
+                            want |= bit;
+                        }
+                    }
+                    assert_eq!(f.arith(), want, "{res:#x}/{bits} {k}");
+                    // Changing one flag keeps the others.
+                    f.update(CF, 0);
+                    assert_eq!(f.arith(), want & !CF);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn compare_shortcut_matches_the_flags() {
+        let edges = [
+            0u64,
+            1,
+            0x7f,
+            0x80,
+            0xff,
+            0x7fff,
+            0x8000,
+            0xffff,
+            0x7fff_ffff,
+            0x8000_0000,
+        ];
+        let mut vals: Vec<u64> = edges.to_vec();
+        vals.extend([
+            0xffff_ffff,
+            0x7fff_ffff_ffff_ffff,
+            0x8000_0000_0000_0000,
+            u64::MAX,
+            42,
+        ]);
+        for bits in [8, 16, 32, 64] {
+            for &a in &vals {
+                for &b in &vals {
+                    let (a, b) = (a & mask(bits), b & mask(bits));
+                    let mut f = Flags::default();
+                    f.set_sub(a, b, false, a.wrapping_sub(b), bits);
+                    for cc in 0..16 {
+                        assert_eq!(
+                            f.cond(cc),
+                            f.cond_flags(cc),
+                            "{a:#x} - {b:#x} /{bits} cc {cc}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn add_carry_and_overflow() {

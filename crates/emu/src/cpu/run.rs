@@ -13,7 +13,7 @@ use super::fast::{self, Fast, Step};
 use super::{exec, Cpu, Fault, Handler};
 use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, FlowControl, Instruction};
 use rustc_hash::FxHashMap;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{
     AtomicBool,
@@ -34,6 +34,19 @@ pub struct Block {
     insns: Vec<(Instruction, Handler, u64, Fast)>,
     /// Cleared when a write to its page drops the block, for the jump cache's copies.
     valid: Cell<bool>,
+    /// In 64-bit mode, the block that followed this one last time (block chaining): the
+    /// next lookup tries it first. Only blocks held by the cache's map get links, and a block
+    /// leaving the map drops its link, so that the cycles links make (a loop links to
+    /// itself) never outlive the map.
+    link: RefCell<Option<Jump>>,
+}
+
+impl Block {
+    /// Marks the block dropped from the cache and breaks its link.
+    fn retire(&self) {
+        self.valid.set(false);
+        self.link.borrow_mut().take();
+    }
 }
 
 #[derive(Clone)]
@@ -77,18 +90,28 @@ fn fast_slot(rip: u64) -> usize {
     ((rip ^ (rip >> FAST_BITS)) as usize) & ((1 << FAST_BITS) - 1)
 }
 
+impl Drop for BlockCache {
+    /// Breaks the links between blocks, which can form cycles.
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
 impl BlockCache {
     fn invalidate_page(&mut self, page: u64) {
         if let Some(starts) = self.pages.remove(&page) {
             for s in starts {
                 if let Some(b) = self.blocks.remove(&s) {
-                    b.valid.set(false);
+                    b.retire();
                 }
             }
         }
     }
 
     pub fn clear(&mut self) {
+        for b in self.blocks.values() {
+            b.retire();
+        }
         self.blocks.clear();
         self.pages.clear();
         self.fast.fill(None);
@@ -124,6 +147,8 @@ impl Cpu {
     pub fn run(&mut self, budget: u64, kick: &AtomicBool, attention: &AtomicBool) -> Stop {
         let end = self.icount.saturating_add(budget);
         let mut irq_waiting = true;
+        // The block executed last, whose link may name the next one.
+        let mut prev: Option<Rc<Block>> = None;
         loop {
             if !self.io.writes.is_empty() || self.io.pending_read.is_some() {
                 return Stop::Io;
@@ -174,7 +199,7 @@ impl Cpu {
                 irq_waiting = true;
             }
             let icount = self.icount;
-            match self.exec_block(limit) {
+            match self.exec_block(limit, &mut prev) {
                 Ok(()) if step && self.icount != icount => {
                     self.dr[6] |= 1 << 14; // DR6.BS
                     if let Err(Fault::Shutdown) =
@@ -206,12 +231,13 @@ impl Cpu {
     /// Fast forms (`fast.rs`) either complete or change nothing, so they run with RIP and the
     /// instruction count kept in locals; both are written back before a general handler runs
     /// (it may read them, fault or exit) and when the block ends.
-    fn exec_block(&mut self, limit: usize) -> Result<(), Fault> {
-        let block = match self.lookup_block() {
+    fn exec_block(&mut self, limit: usize, prev: &mut Option<Rc<Block>>) -> Result<(), Fault> {
+        let block = match self.lookup_block(prev.as_ref()) {
             Ok(b) => b,
             Err(Fault::Ex(e)) => return self.raise(e),
             Err(f) => return Err(f),
         };
+        let block = prev.insert(block);
         let shadow = self.int_shadow;
         // The run loop returns before a block while device writes are queued, and a handler
         // that queues one ends the block: so none are queued when an instruction starts, and
@@ -219,7 +245,8 @@ impl Cpu {
         debug_assert!(self.io.writes.is_empty());
         let mut rip = self.rip;
         let mut done = 0u64;
-        for (ins, handler, next, f) in block.insns.iter().take(limit) {
+        let insns = &block.insns[..limit.min(block.insns.len())];
+        for (ins, handler, next, f) in insns {
             match self.exec_fast(f, *next) {
                 Step::Next => {
                     rip = *next;
@@ -268,20 +295,54 @@ impl Cpu {
         Ok(())
     }
 
-    /// Finds or decodes the block at RIP.
+    /// Finds or decodes the block at RIP: first through the link of the block executed
+    /// before (`prev`), then the jump cache, then by physical address.
     #[inline]
-    fn lookup_block(&mut self) -> Result<Rc<Block>, Fault> {
+    fn lookup_block(&mut self, prev: Option<&Rc<Block>>) -> Result<Rc<Block>, Fault> {
+        if self.long64 {
+            if let Some(p) = prev {
+                if let Some(j) = &*p.link.borrow() {
+                    if self.jump_valid(j) {
+                        return Ok(j.block.clone());
+                    }
+                }
+            }
+        }
+        let block = self.find_block()?;
+        if self.long64 {
+            if let Some(p) = prev {
+                // Only blocks in the cache's map link, and only to blocks in it (`Block::link`).
+                if p.valid.get() && block.valid.get() {
+                    *p.link.borrow_mut() = Some(Jump {
+                        block: block.clone(),
+                        generation: self.mem.generation,
+                        cpl: self.cpl,
+                    });
+                }
+            }
+        }
+        Ok(block)
+    }
+
+    /// Whether a jump-cache entry or link is the block for RIP now.
+    #[inline(always)]
+    fn jump_valid(&self, j: &Jump) -> bool {
+        let b = &j.block;
+        b.virt == self.rip
+            && j.generation == self.mem.generation
+            && j.cpl == self.cpl
+            && b.bits == 64
+            && b.valid.get()
+    }
+
+    /// The jump cache and the map by physical address; decodes on a miss.
+    #[inline]
+    fn find_block(&mut self) -> Result<Rc<Block>, Fault> {
         let slot = fast_slot(self.rip);
         if self.long64 {
             if let Some(j) = &self.blocks.fast[slot] {
-                let b = &j.block;
-                if b.virt == self.rip
-                    && j.generation == self.mem.generation
-                    && j.cpl == self.cpl
-                    && b.bits == 64
-                    && b.valid.get()
-                {
-                    return Ok(b.clone());
+                if self.jump_valid(j) {
+                    return Ok(j.block.clone());
                 }
             }
         }
@@ -298,10 +359,12 @@ impl Cpu {
                         starts.push(phys);
                     }
                     if let Some(old) = self.blocks.blocks.insert(phys, block.clone()) {
-                        old.valid.set(false);
+                        old.retire();
                     }
                 } else {
-                    // Not tracked for writes: must not be found again without decoding.
+                    // Not tracked for writes: must not be found again without decoding, nor
+                    // linked to (it is not in the map: `valid` false keeps links away).
+                    block.valid.set(false);
                     return Ok(block);
                 }
                 block
@@ -366,6 +429,7 @@ impl Cpu {
         }
         Ok(Block {
             valid: Cell::new(true),
+            link: RefCell::new(None),
             virt: self.rip,
             bits: self.code_bits,
             insns,

@@ -18,7 +18,7 @@ mod mov;
 #[path = "int_shift.rs"]
 mod shift;
 
-pub(crate) use shift::{shift_dyn, SAR, SHL, SHR};
+pub(crate) use shift::{shift_dyn, ROL, ROR, SAR, SHL, SHR};
 
 #[cfg(test)]
 #[path = "int_tests.rs"]

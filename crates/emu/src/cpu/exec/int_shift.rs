@@ -11,8 +11,8 @@ use crate::cpu::operand::{bits, sext};
 use crate::cpu::{Cpu, Handler, R};
 use iced_x86::{Instruction, Mnemonic, OpKind};
 
-const ROL: u8 = 0;
-const ROR: u8 = 1;
+pub(crate) const ROL: u8 = 0;
+pub(crate) const ROR: u8 = 1;
 const RCL: u8 = 2;
 const RCR: u8 = 3;
 pub(crate) const SHL: u8 = 4;
@@ -73,18 +73,21 @@ fn bit(v: u64, n: u32) -> bool {
     (v >> n) & 1 != 0
 }
 
-/// Shifts or rotates `a` (`bits` wide) by a non-zero masked `count`, recording the flags.
+/// SHL, SHR, SAR, ROL or ROR chosen at run time (for the block loop's fast forms); `count`
+/// is non-zero and already masked.
 #[inline(always)]
-/// SHL, SHR or SAR chosen at run time (for the block loop's fast forms); `count` is non-zero
-/// and already masked.
 pub(crate) fn shift_dyn(op: u8, f: &mut Flags, a: u64, count: u32, size: usize) -> u64 {
     match op {
         SHL => shift::<SHL>(f, a, count, size),
         SHR => shift::<SHR>(f, a, count, size),
+        ROL => shift::<ROL>(f, a, count, size),
+        ROR => shift::<ROR>(f, a, count, size),
         _ => shift::<SAR>(f, a, count, size),
     }
 }
 
+/// Shifts or rotates `a` (`bits` wide) by a non-zero masked `count`, recording the flags.
+#[inline(always)]
 fn shift<const OP: u8>(f: &mut Flags, a: u64, count: u32, size: usize) -> u64 {
     let b = bits(size);
     let m = if b >= 64 { u64::MAX } else { (1u64 << b) - 1 };
