@@ -24,6 +24,7 @@
 
 mod builder;
 mod command;
+pub mod console;
 pub mod cpio;
 pub mod deb;
 mod error;

@@ -244,7 +244,7 @@ fn qos_limits_the_rate_within_ten_percent() {
     let rate = 50_000_000u64;
     let qos = QosConfig {
         rate: Some(rate),
-        burst: None,
+        ..QosConfig::default()
     };
     dp.set_qos("q1", &qos).unwrap();
     let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
@@ -352,6 +352,7 @@ fn ports_come_and_go_cleanly_and_bad_taps_are_refused() {
         name: "c2".into(),
         network: "c".into(),
         tap: tap.into(),
+        vhost_user: None,
         mac: None,
         vlan: untagged(),
     };

@@ -9,19 +9,17 @@
 //! Needs qemu-system-x86 and e2fsprogs (debugfs), and the guest image's Debian packages
 //! (cached in `.cache/image` of the workspace, or `VIREO_IMAGE_CACHE`).
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+use vireo_image::console::{cached_image, Qemu, QemuOptions};
 use vireo_storage::pool::{Compression, DeviceSpec, Pool, PoolOptions, Tier, VolumeOptions};
 use vireo_storage::vhost_user::VhostUserBlk;
 use vireo_storage::BlockDevice;
 
 const DISK_BYTES: u64 = 256 << 20;
 const ID: &str = "pool-a/vm-disk";
-const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The served volume. Everything the guest sees of the disk goes through here, so a pool
 /// volume can replace the file without touching the rest of the test.
@@ -29,152 +27,20 @@ fn serve(dev: Arc<dyn BlockDevice>, socket: &Path) -> VhostUserBlk {
     VhostUserBlk::start(socket, dev, ID).expect("start the vhost-user-blk backend")
 }
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The guest image, built once and cached like `vireo image build` does.
-fn image(out: &Path) -> vireo_image::GuestImage {
-    let cache = std::env::var_os("VIREO_IMAGE_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".cache/image"));
-    vireo_image::build(&vireo_image::BuildOptions {
-        out_dir: out.to_path_buf(),
-        cache_dir: cache,
-    })
-    .expect("vireo image build")
-}
-
-/// A guest's serial console through QEMU's stdio, and the QEMU process (killed on drop).
-struct Qemu {
-    child: Child,
-    out: Arc<Mutex<String>>,
-    stdin: ChildStdin,
-    seen: usize,
-}
-
-impl Qemu {
-    /// Boots the image with the disk behind `socket` (a frontend needs guest RAM it can share:
-    /// a memfd backend) and waits for the shell. `reboot` lets an in-guest reboot restart the
-    /// machine instead of ending QEMU.
-    fn boot(img: &vireo_image::GuestImage, socket: &Path, reboot: bool) -> Qemu {
-        let started = Instant::now();
-        let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-accel", "tcg,thread=multi", "-smp", "2", "-m", "512M"])
-            .args(["-object", "memory-backend-memfd,id=m,size=512M,share=on"])
-            .args(["-numa", "node,memdev=m", "-chardev"])
-            .arg(format!("socket,id=c,path={}", socket.display()))
-            .args(["-device", "vhost-user-blk-pci,chardev=c,num-queues=2"])
-            .args(["-nographic", "-nodefaults", "-serial", "stdio"])
-            .arg("-kernel")
-            .arg(&img.kernel)
-            .arg("-initrd")
-            .arg(&img.initrd)
-            .args(["-append", "console=ttyS0 panic=-1 quiet"]);
-        if !reboot {
-            cmd.arg("-no-reboot");
-        }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start qemu-system-x86_64 (apt-get install qemu-system-x86)");
-        let out = Arc::new(Mutex::new(String::new()));
-        let mut stdout = child.stdout.take().expect("piped stdout");
-        let sink = out.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                let s = String::from_utf8_lossy(&buf[..n]);
-                print!("{s}");
-                sink.lock().unwrap().push_str(&s);
-            }
-        });
-        let stdin = child.stdin.take().expect("piped stdin");
-        let mut q = Qemu {
-            child,
-            out,
-            stdin,
-            seen: 0,
-        };
-        q.shell();
-        eprintln!("guest ready after {:?}", started.elapsed());
-        q
-    }
-
-    /// Waits for the guest's shell and swaps it for a plain read loop: ash's line editor
-    /// queries the terminal at each prompt and can swallow typed input meanwhile.
-    fn shell(&mut self) {
-        self.expect("vireo guest ready", BOOT_TIMEOUT);
-        std::thread::sleep(Duration::from_secs(1));
-        self.send("while read -r l; do eval \"$l\"; done");
-        std::thread::sleep(Duration::from_millis(500));
-        self.run("dmesg -n 1");
-    }
-
-    /// Waits until `needle` appears after what was consumed so far; returns the text up to it.
-    fn expect(&mut self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            {
-                let out = self.out.lock().unwrap();
-                if let Some(i) = out[self.seen..].find(needle) {
-                    let text = out[self.seen..self.seen + i + needle.len()].to_string();
-                    self.seen += i + needle.len();
-                    return text;
-                }
-            }
-            if Instant::now() > deadline {
-                let out = self.out.lock().unwrap();
-                let tail = &out[out.len().saturating_sub(3000)..];
-                panic!("timed out waiting for {needle:?}; console tail:\n{tail}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn send(&mut self, line: &str) {
-        self.stdin.write_all(line.as_bytes()).unwrap();
-        self.stdin.write_all(b"\n").unwrap();
-        self.stdin.flush().unwrap();
-    }
-
-    /// Runs a shell command in the guest; returns what it printed.
-    fn run(&mut self, cmd: &str) -> String {
-        // The markers are computed by the shell, so the echo of the typed line never matches.
-        self.send(&format!("echo BEGIN-$((1+1)); {cmd}; echo END-$((2+2))"));
-        self.expect("BEGIN-2", COMMAND_TIMEOUT);
-        let text = self.expect("END-4", COMMAND_TIMEOUT);
-        text.trim_end_matches("END-4").trim().to_string()
-    }
-
-    /// Powers the guest off and waits for QEMU to exit.
-    fn poweroff(mut self) {
-        self.send("poweroff");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "qemu exited with {status}");
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "qemu did not exit after poweroff"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Boots the guest with the disk behind `socket`. `reboot` lets an in-guest reboot restart
+/// the machine instead of ending QEMU.
+fn boot(img: &vireo_image::GuestImage, socket: &Path, reboot: bool) -> Qemu {
+    let opts = QemuOptions {
+        args: vec![
+            "-chardev".into(),
+            format!("socket,id=c,path={}", socket.display()).into(),
+            "-device".into(),
+            "vhost-user-blk-pci,chardev=c,num-queues=2".into(),
+        ],
+        reboot,
+        ..QemuOptions::default()
+    };
+    Qemu::boot(img, &opts)
 }
 
 fn export(vol: &dyn BlockDevice, path: &Path) {
@@ -234,7 +100,7 @@ fn linux_guest_writes_a_filesystem_restarts_and_finds_its_data() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("vhost-user-qemu-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let img = image(&dir.join("image"));
+    let img = cached_image(&dir.join("image"));
     eprintln!("image ready after {:?}", started.elapsed());
     // The disk is a thin volume of a two-tier pool with lz4 compression.
     let devices: Vec<DeviceSpec> = [
@@ -264,7 +130,7 @@ fn linux_guest_writes_a_filesystem_restarts_and_finds_its_data() {
     let blk = serve(dev, &socket);
 
     // First VM: the disk as described, a discard, a filesystem with two files.
-    let mut q = Qemu::boot(&img, &socket, false);
+    let mut q = boot(&img, &socket, false);
     assert_eq!(q.run("cat /sys/block/vda/serial"), ID);
     assert_eq!(
         q.run("cat /sys/block/vda/size"),
@@ -335,14 +201,14 @@ fn linux_guest_writes_a_filesystem_restarts_and_finds_its_data() {
     assert!(first.discards >= 2, "{first:?}");
 
     // Second VM on the same backend: the data is there, and again after a reboot in place.
-    let mut q = Qemu::boot(&img, &socket, true);
+    let mut q = boot(&img, &socket, true);
     q.run("mkdir -p /mnt");
     assert_eq!(
         read_back(&mut q),
         ("vireo-vhost-data".to_string(), sum.clone())
     );
     q.send("reboot");
-    q.seen = q.out.lock().unwrap().len();
+    q.skip_output();
     q.shell();
     q.run("mkdir -p /mnt");
     assert_eq!(

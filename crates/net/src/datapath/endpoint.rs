@@ -135,7 +135,9 @@ pub struct NetEndpoint {
     pub addressing: Addressing,
     /// Addresses answered for (ARP, ICMP echo): the gateway, VIPs.
     owned: RwLock<Vec<Ipv4Addr>>,
-    stages: RwLock<Vec<Arc<dyn Stage>>>,
+    /// Replaced whole on change, so that a frame takes its list with one reference count
+    /// and no lock is held while stages run (they emit, which may come back here).
+    stages: RwLock<Arc<Vec<Arc<dyn Stage>>>>,
     neighbours: Mutex<Neighbours>,
     active: AtomicBool,
 }
@@ -149,7 +151,7 @@ impl NetEndpoint {
             mac: mac_for(name),
             addressing,
             owned: RwLock::new(addressing.gateway.into_iter().collect()),
-            stages: RwLock::new(Vec::new()),
+            stages: RwLock::new(Arc::new(Vec::new())),
             neighbours: Mutex::new(Neighbours::default()),
             active: AtomicBool::new(false),
         };
@@ -195,21 +197,35 @@ impl NetEndpoint {
 
     pub fn add_stage(&self, stage: Arc<dyn Stage>) {
         let mut s = write(&self.stages);
-        s.push(stage);
-        s.sort_by_key(|s| s.order());
+        let mut next = Vec::clone(&s);
+        next.push(stage);
+        next.sort_by_key(|s| s.order());
+        *s = Arc::new(next);
         drop(s);
         self.update_active();
     }
 
     /// Removes a stage (compared by identity).
     pub fn remove_stage(&self, stage: &Arc<dyn Stage>) {
-        write(&self.stages).retain(|s| !Arc::ptr_eq(s, stage));
+        let mut s = write(&self.stages);
+        let next = s
+            .iter()
+            .filter(|s| !Arc::ptr_eq(s, stage))
+            .cloned()
+            .collect();
+        *s = Arc::new(next);
+        drop(s);
         self.update_active();
     }
 
     /// The MAC of `ip` in this network if known; otherwise asks for it with an ARP request
     /// (at most once a second per address) and returns `None`.
     pub fn lookup(&self, switch: &Switch, ip: Ipv4Addr) -> Option<[u8; 6]> {
+        // One of ours (a VIP a router forwards to): nobody would answer our own ARP; a
+        // frame to our MAC is offered to our stages again by `Switch::emit`.
+        if self.owns(ip) {
+            return Some(self.mac);
+        }
         let mut n = lock(&self.neighbours);
         if let Some(e) = n.known.get(&ip) {
             if e.seen.elapsed() < NEIGH_MAX_AGE {
@@ -341,8 +357,8 @@ impl NetEndpoint {
         let Some(mut ip) = packet::parse_ipv4(packet, frame) else {
             return Verdict::Continue;
         };
-        let stages: Vec<Arc<dyn Stage>> = read(&self.stages).clone();
-        for s in &stages {
+        let stages = Arc::clone(&read(&self.stages));
+        for s in stages.iter() {
             if s.input(ctx, packet, frame, &mut ip) == Verdict::Consumed {
                 return Verdict::Consumed;
             }

@@ -2,18 +2,25 @@
 //!
 //! - [`frame`]: parsing the virtio-net header and Ethernet/802.1Q header of a frame.
 //! - [`switch`]: the forwarding decision and the MAC learning table.
-//! - [`port`]: a tap port, its forwarding thread, counters and QoS.
+//! - [`port`]: a port (a tap or a vhost-user socket), its forwarding thread, counters and QoS.
+//! - [`vhost_user`]: vhost-user-net ports, the service as a VM's virtio-net backend.
+//! - [`impair`]: delay, jitter and loss on a port's ingress (tc netem's model).
 //!
 //! Each port has a thread that blocks on its tap and forwards what it reads straight into
 //! the destination taps. A later firewall or router stage goes into
 //! [`switch::Switch::forward`], between the ingress classification and the output.
 
+pub mod dhcp;
 pub mod endpoint;
 pub mod firewall;
 pub mod frame;
+pub mod impair;
+pub mod lb;
 pub mod packet;
 pub mod port;
+pub mod router;
 pub mod switch;
+pub mod vhost_user;
 
 use crate::error::{NetError, Result};
 pub use endpoint::Addressing;
@@ -42,19 +49,34 @@ pub enum PortVlan {
 pub struct PortConfig {
     pub name: String,
     pub network: String,
-    /// The tap interface the datapath creates (or attaches to) for this port.
+    /// The tap interface the datapath creates (or attaches to) for this port; empty for a
+    /// vhost-user port.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tap: String,
+    /// The vhost-user socket a VM's frontend connects to, instead of a tap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost_user: Option<std::path::PathBuf>,
     /// The MAC of the port's far end, if known (the VM's or namespace's interface).
     pub mac: Option<String>,
     pub vlan: PortVlan,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct QosConfig {
     /// Bits per second; 0 or None: unlimited.
     pub rate: Option<u64>,
     /// Bytes of burst.
     pub burst: Option<u64>,
+    /// Impairment: milliseconds every frame from the port is held back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<u64>,
+    /// Impairment: the delay varies uniformly by up to this many milliseconds either way
+    /// (frames keep their order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<u64>,
+    /// Impairment: percentage of frames from the port dropped at random (0 to 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
 }
 
 #[derive(Serialize, Clone, Debug, Default)]
@@ -65,6 +87,12 @@ pub struct PortStats {
     pub tx_bytes: u64,
     /// Frames dropped: malformed, wrong VLAN, rate limit, full queue.
     pub drops: u64,
+    /// A vhost-user port's frontend is connected now (None for a tap).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connected: Option<bool>,
+    /// Frontends a vhost-user port has accepted so far (a VM restart is one more).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u64>,
 }
 
 struct Network {
@@ -81,6 +109,12 @@ struct Control {
 pub struct Datapath {
     switch: Arc<Switch>,
     control: Mutex<Control>,
+    /// The networks' DHCP servers (see [`dhcp`]).
+    dhcp: dhcp::Registry,
+    /// The load balancers (see [`lb`]).
+    lbs: lb::registry::Registry,
+    /// The routers between networks (see [`router`]).
+    routers: router::Routers,
 }
 
 impl Datapath {
@@ -92,6 +126,9 @@ impl Datapath {
     pub fn with_clock(clock: Box<dyn Clock>) -> Arc<Datapath> {
         Arc::new(Datapath {
             switch: Arc::new(Switch::new(clock)),
+            dhcp: dhcp::Registry::default(),
+            lbs: Default::default(),
+            routers: router::Routers::default(),
             control: Mutex::new(Control {
                 networks: HashMap::new(),
                 next_id: 1,
@@ -132,6 +169,7 @@ impl Datapath {
         }
         let id = c.next_id;
         c.next_id += 1;
+        self.switch.firewall.name(id, Some(name));
         let endpoint = Arc::new(NetEndpoint::new(id, name, vlan, addressing));
         self.switch
             .endpoints
@@ -167,6 +205,8 @@ impl Datapath {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&n.endpoint.id);
         }
+        self.remove_dhcp(name);
+        self.remove_lbs_of(name);
         Ok(())
     }
 
@@ -204,17 +244,13 @@ impl Datapath {
             if p.config.name == cfg.name {
                 return Err(NetError::Conflict(format!("port {:?} exists", cfg.name)));
             }
-            if p.config.tap == cfg.tap || p.tap_name() == cfg.tap {
-                return Err(NetError::Conflict(format!(
-                    "tap {} is already port {:?}",
-                    cfg.tap, p.config.name
-                )));
-            }
+            port::check_link_conflict(&p, cfg)?;
         }
-        let tap = open_tap(&cfg.tap)?;
+        let link = port::open_link(cfg)?;
         let id = c.next_id;
         c.next_id += 1;
-        let port = Port::new(id, net_id, cfg.clone(), vlan, endpoint, tap).map_err(|source| {
+        self.switch.firewall.name(id, Some(&cfg.name));
+        let port = Port::new(id, net_id, cfg.clone(), vlan, endpoint, link).map_err(|source| {
             NetError::Io {
                 context: format!("port {:?}: cannot create its stop event", cfg.name),
                 source,
@@ -236,9 +272,9 @@ impl Datapath {
             .unwrap_or_else(|e| e.into_inner())
             .push(port);
         tracing::info!(
-            "port {} (tap {}) added to network {}",
+            "port {} ({}) added to network {}",
             cfg.name,
-            cfg.tap,
+            port::describe(cfg),
             cfg.network
         );
         Ok(())
@@ -258,6 +294,8 @@ impl Datapath {
         if let Some(t) = c.threads.remove(&port.id) {
             let _ = t.join();
         }
+        port.impair.join();
+        self.switch.firewall.name(port.id, None);
         // Only now: until its thread stopped, the port could learn addresses again.
         self.switch
             .macs
@@ -289,12 +327,20 @@ impl Datapath {
             }
             _ => TokenBucket::per_second(bytes_per_s),
         };
+        let impairment = impair::from_qos(port, qos)?;
+        if !impairment.delay.is_zero() || !impairment.jitter.is_zero() {
+            impair::Impair::ensure_thread(&p, &self.switch).map_err(|source| NetError::Io {
+                context: format!("port {port:?}: cannot start its delay line"),
+                source,
+            })?;
+        }
         p.set_qos(bucket);
+        p.impair.set(impairment);
         Ok(())
     }
 
     pub fn port_stats(&self, port: &str) -> Result<PortStats> {
-        Ok(self.port(port)?.counters.snapshot())
+        Ok(self.port(port)?.stats())
     }
 
     /// The endpoint of network `name` (its router interface, VIPs, DHCP server live there).

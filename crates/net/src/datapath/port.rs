@@ -1,5 +1,6 @@
-//! A port: a tap whose far end is a VM or a network namespace, the thread that reads its
-//! frames and hands them to the switch, its counters and its QoS.
+//! A port: its link (a tap whose far end is a VM or a network namespace, or a vhost-user
+//! socket a VM's frontend connects to), the thread that reads its frames and hands them to
+//! the switch, its counters and its QoS (rate limit, impairment).
 //!
 //! Frames keep their 12-byte virtio-net header from tap to tap, so a 64 KiB TSO frame the
 //! sender's stack hands one tap reaches the other unsegmented and with its checksum still
@@ -9,8 +10,11 @@
 
 use super::endpoint::NetEndpoint;
 use super::frame::{self, Frame, MACS_LEN, VLAN_TAG_LEN};
+use super::impair::Impair;
 use super::switch::Switch;
+use super::vhost_user::VhostUserLink;
 use super::{PortConfig, PortStats, PortVlan};
+use crate::error::{NetError, Result};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -47,6 +51,7 @@ impl Counters {
             tx_packets: self.tx_packets.load(Relaxed),
             tx_bytes: self.tx_bytes.load(Relaxed),
             drops: self.drops.load(Relaxed),
+            ..PortStats::default()
         }
     }
 }
@@ -60,13 +65,22 @@ pub struct Port {
     /// The endpoint of the port's network.
     pub endpoint: Arc<NetEndpoint>,
     pub counters: Counters,
-    tap: Tap,
+    link: Link,
     /// Ingress shaping: frames from the tap wait for tokens (bytes). `None`: unlimited.
     qos: Mutex<Option<TokenBucket>>,
     /// Whether `qos` holds a bucket: unshaped ports (the usual case) skip its lock per frame.
     shaped: AtomicBool,
+    /// Ingress impairment (delay, jitter, loss); its own fast-path flag inside.
+    pub impair: Impair,
     origin: Instant,
     stop: EventFd,
+}
+
+/// What carries a port's frames. The switch only ever calls [`Port::send`] and
+/// [`Port::drop_frame`]: it does not know which link is behind a port.
+pub enum Link {
+    Tap(Tap),
+    VhostUser(VhostUserLink),
 }
 
 impl Port {
@@ -76,7 +90,7 @@ impl Port {
         config: PortConfig,
         vlan: PortVlan,
         endpoint: Arc<NetEndpoint>,
-        tap: Tap,
+        link: Link,
     ) -> io::Result<Port> {
         Ok(Port {
             id,
@@ -85,16 +99,35 @@ impl Port {
             vlan,
             endpoint,
             counters: Counters::default(),
-            tap,
+            link,
             qos: Mutex::new(None),
             shaped: AtomicBool::new(false),
+            impair: Impair::new(id),
             origin: Instant::now(),
             stop: EventFd::new(EFD_NONBLOCK)?,
         })
     }
 
-    pub fn tap_name(&self) -> &str {
-        self.tap.name()
+    /// The tap's interface name; `None` for a vhost-user port.
+    pub fn tap_name(&self) -> Option<&str> {
+        match &self.link {
+            Link::Tap(t) => Some(t.name()),
+            Link::VhostUser(_) => None,
+        }
+    }
+
+    pub fn link(&self) -> &Link {
+        &self.link
+    }
+
+    /// The counters, and a vhost-user link's connection state.
+    pub fn stats(&self) -> PortStats {
+        let mut s = self.counters.snapshot();
+        if let Link::VhostUser(v) = &self.link {
+            s.connected = Some(v.connected());
+            s.connections = Some(v.connections());
+        }
+        s
     }
 
     pub fn set_qos(&self, bucket: Option<TokenBucket>) {
@@ -108,6 +141,15 @@ impl Port {
         if let Err(e) = self.stop.write(1) {
             tracing::error!("port {}: cannot stop its thread: {e}", self.config.name);
         }
+        if let Link::VhostUser(v) = &self.link {
+            v.stop();
+        }
+        self.impair.stop();
+    }
+
+    /// Waits up to `d` for the port to be stopped; true if it was.
+    pub fn stopped_within(&self, d: Duration) -> bool {
+        matches!(wait(None, self.stop.as_raw_fd(), Some(d)), Ok(Woken::Stop))
     }
 
     pub fn drop_frame(&self, why: &str) {
@@ -155,11 +197,18 @@ impl Port {
             }
             // The far end's link is down, or its queue is full: the frame is lost, as on a
             // wire.
-            Err(_) => self.drop_frame("tap refused the frame"),
+            Err(e) => {
+                tracing::trace!("port {}: {e}", self.config.name);
+                self.drop_frame("the link refused the frame")
+            }
         }
     }
 
     fn write(&self, parts: &[&[u8]]) -> io::Result<usize> {
+        let tap = match &self.link {
+            Link::Tap(tap) => tap,
+            Link::VhostUser(v) => return v.send(parts),
+        };
         let mut iov = [libc::iovec {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
@@ -172,7 +221,7 @@ impl Port {
         }
         let n = parts.len().min(iov.len());
         // SAFETY: each iovec describes one of `parts`, borrowed for the whole call.
-        unsafe { self.tap.writev(&iov[..n]) }
+        unsafe { tap.writev(&iov[..n]) }
     }
 
     /// How long the frame of `len` bytes must wait for QoS tokens; zero when it may go (its
@@ -190,6 +239,71 @@ impl Port {
             Ok(()) => Duration::ZERO,
             Err(wait) => wait,
         }
+    }
+}
+
+/// The port's link, as logs name it.
+pub fn describe(cfg: &PortConfig) -> String {
+    match &cfg.vhost_user {
+        Some(path) => format!("vhost-user {}", path.display()),
+        None => format!("tap {}", cfg.tap),
+    }
+}
+
+/// Refuses `cfg` if it names the link of `existing`.
+pub fn check_link_conflict(existing: &Port, cfg: &PortConfig) -> Result<()> {
+    let taken = match (&existing.link, &cfg.vhost_user) {
+        (Link::Tap(t), None) => existing.config.tap == cfg.tap || t.name() == cfg.tap,
+        (Link::VhostUser(v), Some(path)) => {
+            existing.config.vhost_user.as_ref() == Some(path) || v.path() == path.as_path()
+        }
+        _ => false,
+    };
+    if taken {
+        return Err(NetError::Conflict(format!(
+            "{} is already port {:?}",
+            describe(cfg),
+            existing.config.name
+        )));
+    }
+    Ok(())
+}
+
+/// Opens the link `cfg` asks for: exactly one of a tap and a vhost-user socket.
+pub fn open_link(cfg: &PortConfig) -> Result<Link> {
+    match (&cfg.vhost_user, cfg.tap.is_empty()) {
+        (None, false) => super::open_tap(&cfg.tap).map(Link::Tap),
+        (Some(path), true) => {
+            let mac = match &cfg.mac {
+                Some(m) => super::parse_mac(m)?,
+                // Stable across restarts; network names cannot hold a `:`, so no endpoint
+                // has this one.
+                None => super::endpoint::mac_for(&format!("port:{}", cfg.name)),
+            };
+            VhostUserLink::bind(path, mac)
+                .map(Link::VhostUser)
+                .map_err(|e| match e.kind() {
+                    io::ErrorKind::AlreadyExists | io::ErrorKind::AddrInUse => {
+                        NetError::Conflict(e.to_string())
+                    }
+                    _ => NetError::Io {
+                        context: format!(
+                            "port {:?}: cannot listen on {}",
+                            cfg.name,
+                            path.display()
+                        ),
+                        source: e,
+                    },
+                })
+        }
+        (Some(_), false) => Err(NetError::Invalid(format!(
+            "port {:?}: give either a tap or a vhost-user socket, not both",
+            cfg.name
+        ))),
+        (None, true) => Err(NetError::Invalid(format!(
+            "port {:?}: give a tap (--tap NAME) or a vhost-user socket (--vhost-user PATH)",
+            cfg.name
+        ))),
     }
 }
 
@@ -229,15 +343,23 @@ fn wait(tap: Option<RawFd>, stop: RawFd, timeout: Option<Duration>) -> io::Resul
     Ok(Woken::Ready)
 }
 
-/// The port's forwarding loop: until stopped, reads frames in batches and forwards them.
+/// The port's thread: until stopped, forwards what its link receives.
 pub fn run(port: Arc<Port>, switch: Arc<Switch>) {
+    match &port.link {
+        Link::Tap(tap) => run_tap(&port, tap, &switch),
+        Link::VhostUser(v) => v.serve(&port, &switch),
+    }
+}
+
+/// A tap port's loop: reads frames in batches and forwards them.
+fn run_tap(port: &Arc<Port>, tap: &Tap, switch: &Switch) {
     // One buffer for the port's life: no allocation per frame. One byte more than the
     // largest packet tells a truncated read from a full-size one.
     let mut buf = vec![0u8; MAX_PACKET_LEN + 1];
     let stop = port.stop.as_raw_fd();
-    let tap = port.tap.as_raw_fd();
+    let fd = tap.as_raw_fd();
     loop {
-        match wait(Some(tap), stop, None) {
+        match wait(Some(fd), stop, None) {
             Ok(Woken::Stop) => return,
             Ok(Woken::Ready) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -247,7 +369,7 @@ pub fn run(port: Arc<Port>, switch: Arc<Switch>) {
             }
         }
         for _ in 0..BATCH {
-            let n = match port.tap.read(&mut buf) {
+            let n = match tap.read(&mut buf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -262,16 +384,28 @@ pub fn run(port: Arc<Port>, switch: Arc<Switch>) {
                     return;
                 }
             };
-            loop {
-                let delay = port.shape(n);
-                if delay.is_zero() {
-                    break;
-                }
-                if let Ok(Woken::Stop) = wait(None, stop, Some(delay)) {
-                    return;
-                }
+            if !ingress(port, switch, buf.get_mut(..n).unwrap_or(&mut [])) {
+                return;
             }
-            switch.forward(&port, buf.get_mut(..n).unwrap_or(&mut []));
         }
     }
+}
+
+/// A frame the port received, on its way into the switch: rate limit (waiting for tokens),
+/// then impairment (loss, delay), then forwarding. False if the port was stopped meanwhile.
+pub fn ingress(port: &Port, switch: &Switch, packet: &mut [u8]) -> bool {
+    loop {
+        let delay = port.shape(packet.len());
+        if delay.is_zero() {
+            break;
+        }
+        if port.stopped_within(delay) {
+            return false;
+        }
+    }
+    if port.impair.active() && port.impair.hold(port, packet) {
+        return true;
+    }
+    switch.forward(port, packet);
+    true
 }

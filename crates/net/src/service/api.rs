@@ -14,7 +14,13 @@ use vireo_http::{segments, unrouted, Reply, Request};
 pub(super) fn handle(net: &Net, req: &Request) -> Reply {
     if req.path == "/metrics" {
         return match req.method.as_str() {
-            "GET" => Reply::text(metrics::CONTENT_TYPE, metrics::render(&net.stats())),
+            "GET" => Reply::text(
+                metrics::CONTENT_TYPE,
+                metrics::render(&net.stats())
+                    + &net.router_metrics()
+                    + &net.firewall_metrics()
+                    + &net.lb_metrics(),
+            ),
             m => Reply::error(405, format!("{m} is not allowed on /metrics; use GET")),
         };
     }
@@ -37,7 +43,12 @@ fn methods(s: &[&str]) -> &'static [&'static str] {
         ["ping"] | ["fdb"] | ["stats"] | ["stats", _] => &["GET"],
         ["networks"] | ["ports"] => &["GET", "POST"],
         ["networks", _] | ["ports", _] => &["GET", "DELETE"],
+        ["networks", _, "leases"] => &["GET"],
+        ["networks", _, "dhcp"] => &["PUT"],
         ["ports", _, "qos"] => &["PUT", "POST"],
+        ["routers", ..] => super::router::methods(s),
+        ["lbs", ..] => super::lb::methods(s),
+        ["firewall", ..] | ["flows"] | ["conntrack"] => super::firewall::methods(s),
         _ => &[],
     }
 }
@@ -55,6 +66,12 @@ fn route(net: &Net, req: &Request, s: &[&str]) -> Option<Result<Reply>> {
             .map(|v| Reply::with_status(201, v)),
         (["networks", n], "GET") => net.network(n).map(Reply::ok),
         (["networks", n], "DELETE") => net.delete_network(n).map(|()| Reply::no_content()),
+        (["networks", n, "leases"], "GET") => net.leases(n).map(Reply::ok),
+        (["networks", n, "dhcp"], "PUT") => {
+            body::<super::dhcp::DhcpOptions>(req, r#"{"dns": ["10.0.1.53"], "lease_secs": 3600}"#)
+                .and_then(|o| net.set_dhcp_options(n, &o))
+                .map(Reply::ok)
+        }
         (["ports"], "GET") => Ok(Reply::ok(net.ports())),
         (["ports"], "POST") => body::<PortSpec>(
             req,
@@ -76,12 +93,17 @@ fn route(net: &Net, req: &Request, s: &[&str]) -> Option<Result<Reply>> {
             .collect::<Vec<_>>()))),
         (["stats", p], "GET") => net.port_stats(p).map(Reply::ok),
         (["fdb"], "GET") => Ok(Reply::ok(net.fdb())),
+        (["routers", ..], _) => return super::router::api(net, req, s),
+        (["lbs", ..], _) => return super::lb::api(net, req, s),
+        (["firewall", ..] | ["flows"] | ["conntrack"], _) => {
+            return super::firewall::api(net, req, s)
+        }
         _ => return None,
     })
 }
 
 /// Parses a JSON body (an empty body is `{}`), explaining what was expected if it fails.
-fn body<T: DeserializeOwned>(req: &Request, example: &str) -> Result<T> {
+pub(super) fn body<T: DeserializeOwned>(req: &Request, example: &str) -> Result<T> {
     let bytes: &[u8] = if req.body.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {

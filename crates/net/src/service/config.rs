@@ -20,6 +20,14 @@ pub struct NetState {
     pub networks: Vec<NetworkSpec>,
     #[serde(default)]
     pub ports: Vec<PortSpec>,
+    #[serde(default)]
+    pub routers: Vec<super::router::RouterSpec>,
+    #[serde(default)]
+    pub firewall: super::firewall::FirewallState,
+    #[serde(default)]
+    pub lbs: Vec<super::lb::LbSpec>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub dhcp_options: std::collections::BTreeMap<String, super::dhcp::DhcpOptions>,
 }
 
 /// A network as created: an L2 segment, optionally a VLAN; the addressing is stored for the
@@ -43,7 +51,12 @@ pub struct NetworkSpec {
 pub struct PortSpec {
     pub name: String,
     pub network: String,
+    /// The tap; empty for a vhost-user port.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tap: String,
+    /// The vhost-user socket, instead of a tap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost_user: Option<String>,
     #[serde(default)]
     pub mac: Option<String>,
     /// Access port in this VLAN (default: the network's).
@@ -81,6 +94,7 @@ impl PortSpec {
             name: self.name.clone(),
             network: self.network.clone(),
             tap: self.tap.clone(),
+            vhost_user: self.vhost_user.as_ref().map(std::path::PathBuf::from),
             mac: self.mac.clone(),
             vlan: match &self.trunk {
                 Some(vlans) => PortVlan::Trunk(vlans.clone()),
@@ -202,7 +216,14 @@ impl NetState {
     /// Checks a new port: its names, its network, its VLANs; returns it normalized.
     pub fn check_port(&self, p: &PortSpec) -> Result<PortSpec> {
         validate::name("port", &p.name)?;
-        validate::tap(&p.tap)?;
+        match &p.vhost_user {
+            None => validate::tap(&p.tap)?,
+            Some(_) if !p.tap.is_empty() => return Err(NetError::Invalid(
+                "a port is either a tap (--tap) or a vhost-user socket (--vhost-user), not both"
+                    .into(),
+            )),
+            Some(path) => check_vhost_user_socket(path)?,
+        }
         let mut p = p.clone();
         if let Some(mac) = &p.mac {
             p.mac = Some(validate::mac(mac)?);
@@ -230,7 +251,22 @@ impl NetState {
                 p.name
             )));
         }
-        if let Some(o) = self.ports.iter().find(|o| o.tap == p.tap) {
+        if let Some(o) = p
+            .vhost_user
+            .as_ref()
+            .and_then(|s| self.ports.iter().find(|o| o.vhost_user.as_ref() == Some(s)))
+        {
+            return Err(NetError::Conflict(format!(
+                "the vhost-user socket {} belongs to port {} already; choose another path",
+                o.vhost_user.as_deref().unwrap_or_default(),
+                o.name
+            )));
+        }
+        if let Some(o) = self
+            .ports
+            .iter()
+            .find(|o| !p.tap.is_empty() && o.tap == p.tap)
+        {
             return Err(NetError::Conflict(format!(
                 "the tap {} belongs to port {} already; choose another --tap",
                 p.tap, o.name
@@ -243,12 +279,36 @@ impl NetState {
     }
 }
 
-/// A burst without a rate limits nothing: refuse it rather than ignore it.
+/// A burst without a rate limits nothing: refuse it rather than ignore it. The impairment
+/// is checked as the datapath will take it.
 pub fn check_qos(q: &QosConfig) -> Result<()> {
     if q.burst.is_some_and(|b| b > 0) && q.rate.unwrap_or(0) == 0 {
         return Err(NetError::Invalid(
             "a burst without a rate limits nothing: give --rate too".into(),
         ));
+    }
+    crate::datapath::impair::from_qos("", q).map(|_| ())
+}
+
+/// A vhost-user socket path: absolute (the service's working directory is not the
+/// client's), short enough for a Unix socket address, in an existing directory.
+fn check_vhost_user_socket(path: &str) -> Result<()> {
+    let p = Path::new(path);
+    if !p.is_absolute() {
+        return Err(NetError::Invalid(format!(
+            "vhost-user socket {path:?}: give an absolute path"
+        )));
+    }
+    // sun_path holds 108 bytes with the terminating NUL.
+    if path.len() > 107 {
+        return Err(NetError::Invalid(format!(
+            "vhost-user socket {path:?}: longer than a Unix socket path may be (107 bytes)"
+        )));
+    }
+    if !p.parent().is_some_and(|d| d.is_dir()) {
+        return Err(NetError::Invalid(format!(
+            "vhost-user socket {path:?}: its directory does not exist; create it first"
+        )));
     }
     Ok(())
 }
@@ -272,6 +332,7 @@ mod tests {
             name: name.into(),
             network: network.into(),
             tap: tap.into(),
+            vhost_user: None,
             mac: None,
             vlan: None,
             trunk: None,
@@ -330,7 +391,7 @@ mod tests {
         let mut p = port("p", "a", "t0");
         p.qos = Some(QosConfig {
             rate: Some(1_000_000),
-            burst: None,
+            ..QosConfig::default()
         });
         st.ports.push(p);
         st.save(&path).unwrap();

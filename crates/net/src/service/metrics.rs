@@ -74,6 +74,7 @@ mod tests {
             name: "p1".into(),
             network: "blue".into(),
             tap: "vt1".into(),
+            vhost_user: None,
             mac: None,
             vlan: None,
             trunk: None,

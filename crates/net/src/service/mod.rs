@@ -9,8 +9,12 @@
 
 mod api;
 pub mod config;
+pub mod dhcp;
+pub mod firewall;
+pub mod lb;
 mod metrics;
 mod ops;
+pub mod router;
 pub mod validate;
 
 use crate::datapath::Datapath;

@@ -20,6 +20,7 @@ impl Net {
         for n in &saved.networks {
             datapath.add_network(&n.name, n.vlan, n.addressing())?;
         }
+        super::dhcp::restore(&datapath, &file, &saved);
         let mut inactive = HashSet::new();
         for p in &saved.ports {
             let applied = datapath
@@ -38,6 +39,9 @@ impl Net {
                 inactive.insert(p.name.clone());
             }
         }
+        super::router::restore(&datapath, &saved);
+        super::lb::restore(&datapath, &saved);
+        super::firewall::restore(&datapath, &saved, &file, &inactive);
         tracing::info!(
             "restored {} network(s) and {} port(s) from {}",
             saved.networks.len(),
@@ -79,13 +83,19 @@ impl Net {
 
     pub fn network(&self, name: &str) -> Result<Value> {
         let c = self.control();
-        Ok(network_json(&c.saved, c.saved.network(name)?))
+        let mut v = network_json(&c.saved, c.saved.network(name)?);
+        v["dhcp_server"] = super::dhcp::info(&self.datapath, name).unwrap_or_default();
+        Ok(v)
     }
 
     pub fn create_network(&self, spec: &NetworkSpec) -> Result<Value> {
         let mut c = self.control();
         let n = c.saved.check_network(spec)?;
         self.datapath.add_network(&n.name, n.vlan, n.addressing())?;
+        if let Err(e) = super::dhcp::apply(&self.datapath, &n) {
+            let _ = self.datapath.remove_network(&n.name);
+            return Err(e);
+        }
         let mut next = c.saved.clone();
         next.networks.push(n.clone());
         self.commit(&mut c, next, || {
@@ -98,6 +108,9 @@ impl Net {
     pub fn delete_network(&self, name: &str) -> Result<()> {
         let mut c = self.control();
         let n = c.saved.network(name)?.clone();
+        super::router::check_unattached(&c.saved, name)?;
+        super::lb::check_network_unused(&c.saved, name)?;
+        super::firewall::check_unused(&c.saved, Some(name), None)?;
         let ports: Vec<&str> = c.saved.ports_of(name).map(|p| p.name.as_str()).collect();
         if !ports.is_empty() {
             return Err(NetError::Conflict(format!(
@@ -108,6 +121,7 @@ impl Net {
         self.datapath.remove_network(name)?;
         let mut next = c.saved.clone();
         next.networks.retain(|o| o.name != name);
+        next.dhcp_options.remove(name);
         self.commit(&mut c, next, || {
             let _ = self.datapath.add_network(&n.name, n.vlan, n.addressing());
         })?;
@@ -152,6 +166,7 @@ impl Net {
     pub fn delete_port(&self, name: &str) -> Result<()> {
         let mut c = self.control();
         let p = c.saved.port(name)?.clone();
+        super::firewall::check_unused(&c.saved, None, Some(name))?;
         let was_active = !c.inactive.contains(name);
         if was_active {
             self.datapath.remove_port(name)?;
@@ -178,15 +193,15 @@ impl Net {
         }
         self.datapath.set_qos(name, qos)?;
         let mut next = c.saved.clone();
-        let unlimited = qos.rate.unwrap_or(0) == 0;
+        let unlimited = qos.rate.unwrap_or(0) == 0
+            && qos.delay.unwrap_or(0) == 0
+            && qos.jitter.unwrap_or(0) == 0
+            && qos.loss.unwrap_or(0.0) == 0.0;
         for p in next.ports.iter_mut().filter(|p| p.name == name) {
             p.qos = (!unlimited).then(|| qos.clone());
         }
         self.commit(&mut c, next, || {
-            let none = QosConfig {
-                rate: None,
-                burst: None,
-            };
+            let none = QosConfig::default();
             let _ = self.datapath.set_qos(name, old.as_ref().unwrap_or(&none));
         })?;
         Ok(port_json(&c, c.saved.port(name)?))
@@ -266,6 +281,10 @@ fn port_json(c: &Control, p: &PortSpec) -> Value {
         "vlan": p.vlan, "trunk": p.trunk,
         "rate": p.qos.as_ref().and_then(|q| q.rate),
         "burst": p.qos.as_ref().and_then(|q| q.burst),
+        "delay": p.qos.as_ref().and_then(|q| q.delay),
+        "jitter": p.qos.as_ref().and_then(|q| q.jitter),
+        "loss": p.qos.as_ref().and_then(|q| q.loss),
+        "vhost_user": p.vhost_user,
         "active": !c.inactive.contains(&p.name),
     })
 }
@@ -275,5 +294,6 @@ pub(super) fn stats_json(p: &PortSpec, s: &PortStats) -> Value {
         "port": p.name, "network": p.network, "tap": p.tap,
         "rx_packets": s.rx_packets, "rx_bytes": s.rx_bytes,
         "tx_packets": s.tx_packets, "tx_bytes": s.tx_bytes, "drops": s.drops,
+        "connected": s.connected, "connections": s.connections,
     })
 }

@@ -139,6 +139,7 @@ pub fn port(dp: &Datapath, name: &str, net: &str, tap: &str, vlan: PortVlan) {
         name: name.into(),
         network: net.into(),
         tap: tap.into(),
+        vhost_user: None,
         mac: None,
         vlan,
     })

@@ -46,21 +46,33 @@ pub(super) fn port(c: &Client, cmd: PortCmd) -> Result<(), String> {
             network,
             name,
             tap,
+            vhost_user,
             mac,
             vlan,
             trunk,
         } => {
-            let p = c.call(
-                "POST",
-                "/api/v1/ports",
-                Some(json!({
-                    "name": name, "network": network, "tap": tap, "mac": mac,
-                    "vlan": vlan, "trunk": trunk,
-                })),
-            )?;
+            let mut body = json!({
+                "name": name, "network": network, "mac": mac, "vlan": vlan, "trunk": trunk,
+            });
+            let link = match (tap, vhost_user) {
+                (Some(tap), _) => {
+                    body["tap"] = json!(tap);
+                    "tap"
+                }
+                (None, Some(path)) => {
+                    // The service resolves nothing against our working directory.
+                    let path = std::path::absolute(&path)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    body["vhost_user"] = json!(path);
+                    "vhost_user"
+                }
+                (None, None) => return Err("give --tap NAME or --vhost-user SOCKET".into()),
+            };
+            let p = c.call("POST", "/api/v1/ports", Some(body))?;
             println!(
-                "added port {name} to network {network}: tap {}{}",
-                s(&p["tap"]),
+                "added port {name} to network {network}: {} {}{}",
+                link.replace('_', "-"),
+                s(&p[link]),
                 show::port_vlan(&p)
             );
         }
@@ -84,11 +96,20 @@ pub(super) fn port(c: &Client, cmd: PortCmd) -> Result<(), String> {
 }
 
 pub(super) fn qos(c: &Client, cmd: QosCmd) -> Result<(), String> {
-    let QosCmd::Set { port, rate, burst } = cmd;
+    let QosCmd::Set {
+        port,
+        rate,
+        burst,
+        delay,
+        jitter,
+        loss,
+    } = cmd;
     let p = c.call(
         "PUT",
         &format!("/api/v1/ports/{}/qos", seg(&port)),
-        Some(json!({ "rate": rate, "burst": burst })),
+        Some(json!({
+            "rate": rate, "burst": burst, "delay": delay, "jitter": jitter, "loss": loss,
+        })),
     )?;
     println!("{port}: {}", show::qos(&p));
     Ok(())

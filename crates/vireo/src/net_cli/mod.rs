@@ -2,6 +2,10 @@
 //! service's HTTP/JSON API (docs/net-api.md) over its Unix socket.
 
 mod commands;
+mod dhcp;
+mod firewall;
+mod lb;
+mod router;
 mod show;
 
 use crate::signals::TerminationSignals;
@@ -44,6 +48,35 @@ enum NetCmd {
         #[arg(long)]
         json: bool,
     },
+    /// L4 load balancers: a VIP:port over a pool of backends, with health checks.
+    Lb {
+        #[command(subcommand)]
+        cmd: lb::LbCmd,
+    },
+    /// A network's DHCP server: its leases and options.
+    Dhcp {
+        #[command(subcommand)]
+        cmd: dhcp::DhcpCmd,
+    },
+    /// Routers: L3 between networks, static routes, SNAT/masquerade and DNAT.
+    Router {
+        #[command(subcommand)]
+        cmd: router::RouterCmd,
+    },
+    /// The firewall: rules per network or port, default policies, tracked connections.
+    Firewall {
+        #[command(subcommand)]
+        cmd: firewall::FirewallCmd,
+    },
+    /// The flow log's recent entries (connections accepted, packets denied) and the
+    /// connections the firewall tracks.
+    Flows {
+        #[arg(long)]
+        json: bool,
+        /// How many of the most recent flow log entries to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
     /// The MAC addresses the switch has learned, with their port and age.
     Fdb {
         #[arg(long)]
@@ -72,10 +105,12 @@ enum NetworkCmd {
         /// Its subnet, e.g. 10.0.1.0/24 (stored; must not overlap another network's).
         #[arg(long)]
         subnet: Option<String>,
-        /// The gateway address, inside the subnet (stored for the router to come).
+        /// The gateway address, inside the subnet: it answers ARP and ping, and is a router's
+        /// address in the network once one is attached.
         #[arg(long, requires = "subnet")]
         gateway: Option<String>,
-        /// A DHCP range FIRST-LAST, inside the subnet (stored for DHCP to come).
+        /// A DHCP range FIRST-LAST in the subnet, served by the network's DHCP server
+        /// (needs --gateway).
         #[arg(long, requires = "subnet")]
         dhcp: Option<String>,
     },
@@ -92,13 +127,22 @@ enum NetworkCmd {
 
 #[derive(Subcommand)]
 enum PortCmd {
-    /// Add a port to NET: the service creates the tap TAPNAME and switches its frames.
+    /// Add a port to NET: the service creates the tap TAPNAME (or listens on the
+    /// vhost-user socket SOCKET, a VM's virtio-net backend) and switches its frames.
     Add {
         network: String,
         name: String,
         /// The tap interface (1-15 characters).
-        #[arg(long)]
-        tap: String,
+        #[arg(
+            long,
+            required_unless_present = "vhost_user",
+            conflicts_with = "vhost_user"
+        )]
+        tap: Option<String>,
+        /// A vhost-user-net socket the service listens on; the VM's frontend (QEMU's
+        /// `-netdev vhost-user`) connects to it.
+        #[arg(long = "vhost-user", value_name = "SOCKET")]
+        vhost_user: Option<std::path::PathBuf>,
         /// The MAC of the far end (the VM's or namespace's interface).
         #[arg(long)]
         mac: Option<String>,
@@ -131,6 +175,15 @@ enum QosCmd {
         /// Burst in bytes: 64K, 1M (binary units).
         #[arg(long, value_parser = vireo_vmm::config::parse_size, requires = "rate")]
         burst: Option<u64>,
+        /// Impairment: hold every frame from the port back this many milliseconds.
+        #[arg(long, value_name = "MS")]
+        delay: Option<u64>,
+        /// Impairment: vary the delay uniformly by up to MS either way (no reordering).
+        #[arg(long, value_name = "MS", requires = "delay")]
+        jitter: Option<u64>,
+        /// Impairment: drop this percentage of the port's frames at random (0-100).
+        #[arg(long, value_name = "PCT")]
+        loss: Option<f64>,
     },
 }
 
@@ -171,6 +224,11 @@ pub fn run(args: NetArgs) -> Result<(), String> {
         NetCmd::Port { cmd } => commands::port(&c, cmd),
         NetCmd::Qos { cmd } => commands::qos(&c, cmd),
         NetCmd::Stats { port, json } => commands::stats(&c, port, json),
+        NetCmd::Dhcp { cmd } => dhcp::run(&c, cmd),
+        NetCmd::Lb { cmd } => lb::run(&c, cmd),
+        NetCmd::Router { cmd } => router::run(&c, cmd),
+        NetCmd::Firewall { cmd } => firewall::run(&c, cmd),
+        NetCmd::Flows { json, limit } => firewall::flows(&c, json, limit),
         NetCmd::Fdb { json } => {
             let fdb = c.call("GET", "/api/v1/fdb", None)?;
             if json {

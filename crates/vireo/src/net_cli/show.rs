@@ -11,7 +11,7 @@ pub fn pretty(v: &Value) {
 }
 
 /// Left-aligned columns, each as wide as its widest cell.
-fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+pub(super) fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -32,7 +32,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     out
 }
 
-fn opt(v: &Value) -> String {
+pub(super) fn opt(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
@@ -40,7 +40,7 @@ fn opt(v: &Value) -> String {
     }
 }
 
-fn rows(list: &Value) -> &[Value] {
+pub(super) fn rows(list: &Value) -> &[Value] {
     list.as_array().map(Vec::as_slice).unwrap_or_default()
 }
 
@@ -76,7 +76,10 @@ pub fn ports(list: &Value) -> String {
             vec![
                 s(&p["name"]).to_string(),
                 s(&p["network"]).to_string(),
-                s(&p["tap"]).to_string(),
+                match p["vhost_user"].as_str() {
+                    Some(sock) => format!("vhost-user {sock}"),
+                    None => s(&p["tap"]).to_string(),
+                },
                 opt(&p["mac"]),
                 vlan_cell(p),
                 qos(p),
@@ -162,8 +165,23 @@ pub fn port_vlan(p: &Value) -> String {
     }
 }
 
-/// A port's limit: `100 Mbit/s, burst 65536 B`, or `unlimited`.
+/// A port's limit and impairment: `100 Mbit/s, burst 65536 B, delay 50±5 ms, loss 1%`,
+/// or `unlimited`.
 pub fn qos(p: &Value) -> String {
+    let mut out = rate(p);
+    if let Some(d) = p["delay"].as_u64().filter(|d| *d > 0) {
+        match p["jitter"].as_u64().filter(|j| *j > 0) {
+            Some(j) => out.push_str(&format!(", delay {d}±{j} ms")),
+            None => out.push_str(&format!(", delay {d} ms")),
+        }
+    }
+    if let Some(l) = p["loss"].as_f64().filter(|l| *l > 0.0) {
+        out.push_str(&format!(", loss {l}%"));
+    }
+    out
+}
+
+fn rate(p: &Value) -> String {
     match p["rate"].as_u64().filter(|r| *r > 0) {
         None => "unlimited".into(),
         Some(r) => {

@@ -1,0 +1,235 @@
+//! Driving a guest booted from the image in QEMU over its serial console: for tests that
+//! put the guest in front of a real peer (a vhost-user backend, a virtual network).
+//!
+//! The guest's RAM is a shared memfd, which any vhost-user device needs; the caller adds
+//! its devices' arguments. Commands are typed into a plain `read`/`eval` loop (ash's line
+//! editor can swallow typed input while it queries the terminal) and their output is taken
+//! between markers the guest's shell computes, so the echo of the typed line never matches.
+
+use crate::{BuildOptions, GuestImage};
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The guest image in `out`, built like `vireo image build` does, its Debian packages
+/// cached in the workspace's `.cache/image` (or `VIREO_IMAGE_CACHE`).
+pub fn cached_image(out: &Path) -> GuestImage {
+    let cache = std::env::var_os("VIREO_IMAGE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/image"));
+    crate::build(&BuildOptions {
+        out_dir: out.to_path_buf(),
+        cache_dir: cache,
+    })
+    .expect("vireo image build")
+}
+
+/// How to boot the guest.
+#[derive(Debug, Clone)]
+pub struct QemuOptions {
+    /// The guest's devices (e.g. `-chardev ... -device vhost-user-blk-pci,...`).
+    pub args: Vec<OsString>,
+    /// An in-guest reboot restarts the machine instead of ending QEMU.
+    pub reboot: bool,
+    /// Prefixes the console lines echoed to the test's output (two guests at once).
+    pub name: String,
+    /// Guest RAM in MiB.
+    pub memory_mib: u32,
+    /// The kernel command line after `console=ttyS0 panic=-1`.
+    pub kernel_args: String,
+}
+
+impl Default for QemuOptions {
+    fn default() -> QemuOptions {
+        QemuOptions {
+            args: Vec::new(),
+            reboot: false,
+            name: String::new(),
+            memory_mib: 512,
+            kernel_args: "quiet".into(),
+        }
+    }
+}
+
+/// A guest's serial console through QEMU's stdio, and the QEMU process (killed on drop).
+pub struct Qemu {
+    child: Child,
+    out: Arc<Mutex<String>>,
+    stdin: ChildStdin,
+    seen: usize,
+}
+
+fn lock(m: &Mutex<String>) -> std::sync::MutexGuard<'_, String> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Qemu {
+    /// Boots the image and waits for the shell. Panics (this is test support) if QEMU
+    /// cannot start or the guest does not come up.
+    pub fn boot(img: &GuestImage, opts: &QemuOptions) -> Qemu {
+        let started = Instant::now();
+        let mem = format!("{}M", opts.memory_mib);
+        let mut cmd = Command::new("qemu-system-x86_64");
+        // TCG: the test machines' KVM (nested) does not run this kernel reliably.
+        cmd.args(["-accel", "tcg,thread=multi", "-smp", "2", "-m", &mem])
+            .arg("-object")
+            .arg(format!("memory-backend-memfd,id=m,size={mem},share=on"))
+            .args(["-numa", "node,memdev=m"])
+            .args(&opts.args)
+            .args(["-nographic", "-nodefaults", "-serial", "stdio"])
+            .arg("-kernel")
+            .arg(&img.kernel)
+            .arg("-initrd")
+            .arg(&img.initrd)
+            .arg("-append")
+            .arg(format!("console=ttyS0 panic=-1 {}", opts.kernel_args));
+        if !opts.reboot {
+            cmd.arg("-no-reboot");
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start qemu-system-x86_64 (apt-get install qemu-system-x86)");
+        let out = Arc::new(Mutex::new(String::new()));
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        let sink = out.clone();
+        let name = opts.name.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // Whole lines only when prefixed, or two guests' output interleaves mid-line.
+            let mut line = String::new();
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let s = String::from_utf8_lossy(&buf[..n]);
+                if name.is_empty() {
+                    print!("{s}");
+                } else {
+                    line.push_str(&s);
+                    while let Some(i) = line.find('\n') {
+                        let l: String = line.drain(..=i).collect();
+                        if !l.trim().is_empty() {
+                            print!("[{name}] {l}");
+                        }
+                    }
+                }
+                lock(&sink).push_str(&s);
+            }
+        });
+        let stdin = child.stdin.take().expect("piped stdin");
+        let mut q = Qemu {
+            child,
+            out,
+            stdin,
+            seen: 0,
+        };
+        q.shell();
+        eprintln!("guest {} ready after {:?}", opts.name, started.elapsed());
+        q
+    }
+
+    /// Waits for the guest's shell and swaps it for a plain read loop.
+    pub fn shell(&mut self) {
+        self.expect("vireo guest ready", BOOT_TIMEOUT);
+        std::thread::sleep(Duration::from_secs(1));
+        self.send("while read -r l; do eval \"$l\"; done");
+        std::thread::sleep(Duration::from_millis(500));
+        self.run("dmesg -n 1");
+    }
+
+    /// Forgets what the console printed so far (e.g. before waiting for a reboot).
+    pub fn skip_output(&mut self) {
+        self.seen = lock(&self.out).len();
+    }
+
+    /// Waits until `needle` appears after what was consumed so far; returns the text up to it.
+    pub fn expect(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let out = lock(&self.out);
+                if let Some(i) = out[self.seen..].find(needle) {
+                    let text = out[self.seen..self.seen + i + needle.len()].to_string();
+                    self.seen += i + needle.len();
+                    return text;
+                }
+            }
+            if Instant::now() > deadline {
+                let qemu = match self.child.try_wait().ok().flatten() {
+                    Some(s) => format!("QEMU exited: {s}"),
+                    None => "QEMU is running".into(),
+                };
+                let out = lock(&self.out);
+                let mut from = out.len().saturating_sub(3000);
+                while !out.is_char_boundary(from) {
+                    from += 1;
+                }
+                panic!(
+                    "timed out waiting for {needle:?} ({qemu}); console tail:\n{}",
+                    &out[from..]
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn send(&mut self, line: &str) {
+        self.stdin
+            .write_all(line.as_bytes())
+            .expect("write to the console");
+        self.stdin.write_all(b"\n").expect("write to the console");
+        self.stdin.flush().expect("write to the console");
+    }
+
+    /// Runs a shell command in the guest; returns what it printed.
+    pub fn run(&mut self, cmd: &str) -> String {
+        self.run_for(cmd, COMMAND_TIMEOUT)
+    }
+
+    /// [`Qemu::run`] with its own timeout.
+    pub fn run_for(&mut self, cmd: &str, timeout: Duration) -> String {
+        // The markers are computed by the shell, so the echo of the typed line never matches.
+        self.send(&format!("echo BEGIN-$((1+1)); {cmd}; echo END-$((2+2))"));
+        self.expect("BEGIN-2", timeout);
+        let text = self.expect("END-4", timeout);
+        text.trim_end_matches("END-4").trim().to_string()
+    }
+
+    /// Whether QEMU has exited (with its status).
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Powers the guest off and waits for QEMU to exit successfully.
+    pub fn poweroff(mut self) {
+        self.send("poweroff");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.try_wait() {
+                assert!(status.success(), "qemu exited with {status}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "qemu did not exit after poweroff"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
