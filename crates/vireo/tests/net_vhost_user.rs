@@ -119,3 +119,57 @@ fn vhost_user_ports_and_impairment_through_the_cli() {
     svc.ok(&["port", "delete", "vm1"]);
     assert!(!sock.exists(), "deleting the port removes its socket");
 }
+
+/// Vireo's own VMM on a `vireo net` vhost-user port (its vhost-user-net frontend against the
+/// service's backend), under the emulator: the guest leases an address from the network's
+/// DHCP server, pings the gateway and a namespace on a tap port of the same network, and the
+/// namespace pings it back.
+#[test]
+fn a_vireo_vm_on_a_vhost_user_port_leases_an_address_and_pings() {
+    use common::guest::{boot, image, scratch, wait_exit};
+    use std::ffi::OsStr;
+    use std::time::Duration;
+
+    let dir = Scratch::new("vuvm");
+    let sock = dir.0.join("vm.sock");
+    let svc = Service::start(&dir);
+    svc.ok(&[
+        "network", "create", "lan", "--subnet", "10.236.0.0/24", "--gateway", "10.236.0.1",
+        "--dhcp", "10.236.0.50-10.236.0.60",
+    ]);
+    svc.ok(&["port", "add", "lan", "vm", "--vhost-user", sock.to_str().unwrap()]);
+    let t = tap("vuvm");
+    svc.ok(&["port", "add", "lan", "ns", "--tap", &t]);
+    let ns = Namespaces::new("vuvm", 1);
+    ns.plug(0, &t, "10.236.0.9");
+
+    let img = image(&scratch("net-vhost-user", "image").join("image"));
+    let mac = "52:54:00:36:00:01";
+    let net = format!("vhost-user={},mac={mac}", sock.display());
+    let (mut con, mut guard) = boot(&img, "emu", &[OsStr::new("--net"), OsStr::new(&net)]);
+    con.run("dmesg -n 1");
+    assert_eq!(con.run("cat /sys/class/net/eth0/address"), mac);
+    con.run("ip link set eth0 up");
+    // udhcpc hands the lease to a script in its environment.
+    con.run(
+        "printf '#!/bin/sh\\ncase \"$1\" in bound|renew) ip addr add $ip/$mask dev $interface; \
+         echo \"LEASE=$ip ROUTER=$router\";; esac\\n' > /tmp/dh.sh; chmod +x /tmp/dh.sh",
+    );
+    let out = con.run("udhcpc -i eth0 -n -q -t 10 -T 2 -s /tmp/dh.sh 2>&1");
+    let ip = out
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("LEASE="))
+        .unwrap_or_else(|| panic!("no lease: {out}"))
+        .to_string();
+    assert!(out.contains("ROUTER=10.236.0.1"), "{out}");
+    assert!(ip.starts_with("10.236.0.5") || ip == "10.236.0.60", "{ip}");
+    for target in ["10.236.0.1", "10.236.0.9"] {
+        let out = con.run(&format!("ping -c 3 -W 3 {target} | grep received"));
+        assert!(out.contains("3 packets received"), "ping {target}: {out}");
+    }
+    assert!(ns.ping(0, &ip), "the namespace pings the guest at {ip}");
+    let leases = svc.ok(&["dhcp", "leases", "lan"]);
+    assert!(leases.contains(&ip) && leases.contains(mac), "{leases}");
+    con.send("poweroff");
+    assert_eq!(wait_exit(&mut guard, Duration::from_secs(120)), Some(0));
+}
