@@ -134,10 +134,24 @@ fn a_vireo_vm_on_a_vhost_user_port_leases_an_address_and_pings() {
     let sock = dir.0.join("vm.sock");
     let svc = Service::start(&dir);
     svc.ok(&[
-        "network", "create", "lan", "--subnet", "10.236.0.0/24", "--gateway", "10.236.0.1",
-        "--dhcp", "10.236.0.50-10.236.0.60",
+        "network",
+        "create",
+        "lan",
+        "--subnet",
+        "10.236.0.0/24",
+        "--gateway",
+        "10.236.0.1",
+        "--dhcp",
+        "10.236.0.50-10.236.0.60",
     ]);
-    svc.ok(&["port", "add", "lan", "vm", "--vhost-user", sock.to_str().unwrap()]);
+    svc.ok(&[
+        "port",
+        "add",
+        "lan",
+        "vm",
+        "--vhost-user",
+        sock.to_str().unwrap(),
+    ]);
     let t = tap("vuvm");
     svc.ok(&["port", "add", "lan", "ns", "--tap", &t]);
     let ns = Namespaces::new("vuvm", 1);
