@@ -57,9 +57,9 @@ impl Default for QemuOptions {
     }
 }
 
-/// A guest's serial console through QEMU's stdio, and the QEMU process (killed on drop).
-pub struct Qemu {
-    child: Child,
+/// A guest's serial console seen through a child process's stdio (QEMU's `-serial stdio`,
+/// or `vireo run`'s console): what it printed so far, and its stdin to type into.
+pub struct Console {
     out: Arc<Mutex<String>>,
     stdin: ChildStdin,
     seen: usize,
@@ -67,6 +67,119 @@ pub struct Qemu {
 
 fn lock(m: &Mutex<String>) -> std::sync::MutexGuard<'_, String> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Console {
+    /// Collects the child's stdout from a background thread, echoing it to the test's
+    /// output (each line prefixed with `[name]` unless `name` is empty: two guests at once).
+    pub fn attach(child: &mut Child, name: &str) -> Console {
+        let out = Arc::new(Mutex::new(String::new()));
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        let sink = out.clone();
+        let name = name.to_string();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // Whole lines only when prefixed, or two guests' output interleaves mid-line.
+            let mut line = String::new();
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let s = String::from_utf8_lossy(&buf[..n]);
+                if name.is_empty() {
+                    print!("{s}");
+                } else {
+                    line.push_str(&s);
+                    while let Some(i) = line.find('\n') {
+                        let l: String = line.drain(..=i).collect();
+                        if !l.trim().is_empty() {
+                            print!("[{name}] {l}");
+                        }
+                    }
+                }
+                lock(&sink).push_str(&s);
+            }
+        });
+        Console {
+            out,
+            stdin: child.stdin.take().expect("piped stdin"),
+            seen: 0,
+        }
+    }
+
+    /// Forgets what the console printed so far (e.g. before waiting for a reboot).
+    pub fn skip_output(&mut self) {
+        self.seen = lock(&self.out).len();
+    }
+
+    /// Waits until `needle` appears after what was consumed so far; returns the text up to it.
+    pub fn expect(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let out = lock(&self.out);
+                if let Some(i) = out[self.seen..].find(needle) {
+                    let text = out[self.seen..self.seen + i + needle.len()].to_string();
+                    self.seen += i + needle.len();
+                    return text;
+                }
+            }
+            if Instant::now() > deadline {
+                let out = lock(&self.out);
+                let mut from = out.len().saturating_sub(3000);
+                while !out.is_char_boundary(from) {
+                    from += 1;
+                }
+                panic!(
+                    "timed out waiting for {needle:?}; console tail:\n{}",
+                    &out[from..]
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn send(&mut self, line: &str) {
+        self.stdin
+            .write_all(line.as_bytes())
+            .expect("write to the console");
+        self.stdin.write_all(b"\n").expect("write to the console");
+        self.stdin.flush().expect("write to the console");
+    }
+
+    /// Runs a shell command in the guest; returns what it printed.
+    pub fn run(&mut self, cmd: &str) -> String {
+        self.run_for(cmd, COMMAND_TIMEOUT)
+    }
+
+    /// [`Console::run`] with its own timeout.
+    pub fn run_for(&mut self, cmd: &str, timeout: Duration) -> String {
+        // The markers are computed by the shell, so the echo of the typed line never matches.
+        self.send(&format!("echo BEGIN-$((1+1)); {cmd}; echo END-$((2+2))"));
+        self.expect("BEGIN-2", timeout);
+        let text = self.expect("END-4", timeout);
+        text.trim_end_matches("END-4").trim().to_string()
+    }
+}
+
+/// A guest in QEMU: its serial console (`Deref`s to [`Console`]) and the QEMU process
+/// (killed on drop).
+pub struct Qemu {
+    child: Child,
+    con: Console,
+}
+
+impl std::ops::Deref for Qemu {
+    type Target = Console;
+    fn deref(&self) -> &Console {
+        &self.con
+    }
+}
+
+impl std::ops::DerefMut for Qemu {
+    fn deref_mut(&mut self) -> &mut Console {
+        &mut self.con
+    }
 }
 
 impl Qemu {
@@ -98,40 +211,8 @@ impl Qemu {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start qemu-system-x86_64 (apt-get install qemu-system-x86)");
-        let out = Arc::new(Mutex::new(String::new()));
-        let mut stdout = child.stdout.take().expect("piped stdout");
-        let sink = out.clone();
-        let name = opts.name.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            // Whole lines only when prefixed, or two guests' output interleaves mid-line.
-            let mut line = String::new();
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                let s = String::from_utf8_lossy(&buf[..n]);
-                if name.is_empty() {
-                    print!("{s}");
-                } else {
-                    line.push_str(&s);
-                    while let Some(i) = line.find('\n') {
-                        let l: String = line.drain(..=i).collect();
-                        if !l.trim().is_empty() {
-                            print!("[{name}] {l}");
-                        }
-                    }
-                }
-                lock(&sink).push_str(&s);
-            }
-        });
-        let stdin = child.stdin.take().expect("piped stdin");
-        let mut q = Qemu {
-            child,
-            out,
-            stdin,
-            seen: 0,
-        };
+        let con = Console::attach(&mut child, &opts.name);
+        let mut q = Qemu { child, con };
         q.shell();
         eprintln!("guest {} ready after {:?}", opts.name, started.elapsed());
         q
@@ -144,64 +225,6 @@ impl Qemu {
         self.send("while read -r l; do eval \"$l\"; done");
         std::thread::sleep(Duration::from_millis(500));
         self.run("dmesg -n 1");
-    }
-
-    /// Forgets what the console printed so far (e.g. before waiting for a reboot).
-    pub fn skip_output(&mut self) {
-        self.seen = lock(&self.out).len();
-    }
-
-    /// Waits until `needle` appears after what was consumed so far; returns the text up to it.
-    pub fn expect(&mut self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            {
-                let out = lock(&self.out);
-                if let Some(i) = out[self.seen..].find(needle) {
-                    let text = out[self.seen..self.seen + i + needle.len()].to_string();
-                    self.seen += i + needle.len();
-                    return text;
-                }
-            }
-            if Instant::now() > deadline {
-                let qemu = match self.child.try_wait().ok().flatten() {
-                    Some(s) => format!("QEMU exited: {s}"),
-                    None => "QEMU is running".into(),
-                };
-                let out = lock(&self.out);
-                let mut from = out.len().saturating_sub(3000);
-                while !out.is_char_boundary(from) {
-                    from += 1;
-                }
-                panic!(
-                    "timed out waiting for {needle:?} ({qemu}); console tail:\n{}",
-                    &out[from..]
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    pub fn send(&mut self, line: &str) {
-        self.stdin
-            .write_all(line.as_bytes())
-            .expect("write to the console");
-        self.stdin.write_all(b"\n").expect("write to the console");
-        self.stdin.flush().expect("write to the console");
-    }
-
-    /// Runs a shell command in the guest; returns what it printed.
-    pub fn run(&mut self, cmd: &str) -> String {
-        self.run_for(cmd, COMMAND_TIMEOUT)
-    }
-
-    /// [`Qemu::run`] with its own timeout.
-    pub fn run_for(&mut self, cmd: &str, timeout: Duration) -> String {
-        // The markers are computed by the shell, so the echo of the typed line never matches.
-        self.send(&format!("echo BEGIN-$((1+1)); {cmd}; echo END-$((2+2))"));
-        self.expect("BEGIN-2", timeout);
-        let text = self.expect("END-4", timeout);
-        text.trim_end_matches("END-4").trim().to_string()
     }
 
     /// Whether QEMU has exited (with its status).

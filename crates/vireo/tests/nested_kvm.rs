@@ -153,7 +153,7 @@ fn linux_boots_under_nested_kvm_with_1_and_2_vcpus() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start qemu-system-x86_64 (apt-get install qemu-system-x86)");
-    let mut con = Console::attach(&mut child);
+    let mut con = Console::attach(&mut child, "");
     let _guard = KillOnDrop(child);
 
     con.expect("OUTER: /dev/kvm ready", Duration::from_secs(120));

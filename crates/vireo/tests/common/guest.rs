@@ -3,8 +3,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Boot to the shell; generous because CI machines are slow and debug builds slower.
@@ -47,7 +46,7 @@ pub fn boot_cmd(
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start vireo");
-    let mut con = Console::attach(&mut child);
+    let mut con = Console::attach(&mut child, "");
     let guard = KillOnDrop(child);
     con.expect("vireo guest ready", BOOT_TIMEOUT);
     eprintln!("guest ready after {:?}", started.elapsed());
@@ -113,74 +112,7 @@ pub fn extract_vmlinux(bzimage: &Path) -> Vec<u8> {
     out.stdout
 }
 
-/// A guest's serial console seen through a pipe: what the VMM printed so far, and its stdin.
-pub struct Console {
-    pub out: Arc<Mutex<String>>,
-    pub stdin: ChildStdin,
-    pub seen: usize,
-}
-
-impl Console {
-    /// Collects the child's stdout into the console buffer from a background thread.
-    pub fn attach(child: &mut Child) -> Console {
-        let out = Arc::new(Mutex::new(String::new()));
-        let mut stdout = child.stdout.take().expect("piped stdout");
-        let sink = out.clone();
-        std::thread::spawn(move || {
-            use std::io::Read;
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                let s = String::from_utf8_lossy(&buf[..n]);
-                print!("{s}");
-                sink.lock().unwrap().push_str(&s);
-            }
-        });
-        Console {
-            out,
-            stdin: child.stdin.take().expect("piped stdin"),
-            seen: 0,
-        }
-    }
-
-    /// Waits until `needle` appears after what was consumed so far; returns the text up to it.
-    pub fn expect(&mut self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            {
-                let out = self.out.lock().unwrap();
-                if let Some(i) = out[self.seen..].find(needle) {
-                    let text = out[self.seen..self.seen + i + needle.len()].to_string();
-                    self.seen += i + needle.len();
-                    return text;
-                }
-            }
-            if Instant::now() > deadline {
-                let out = self.out.lock().unwrap();
-                let tail = &out[out.len().saturating_sub(3000)..];
-                panic!("timed out waiting for {needle:?}; console tail:\n{tail}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    pub fn send(&mut self, line: &str) {
-        self.stdin.write_all(line.as_bytes()).unwrap();
-        self.stdin.write_all(b"\n").unwrap();
-        self.stdin.flush().unwrap();
-    }
-
-    /// Runs a shell command in the guest; returns what it printed between markers.
-    pub fn run(&mut self, cmd: &str) -> String {
-        // The markers are computed by the shell, so the echo of the typed line never matches.
-        self.send(&format!("echo BEGIN-$((1+1)); {cmd}; echo END-$((2+2))"));
-        self.expect("BEGIN-2", Duration::from_secs(120));
-        let text = self.expect("END-4", Duration::from_secs(120));
-        text.trim_end_matches("END-4").trim().to_string()
-    }
-}
+pub use vireo_image::console::Console;
 
 /// Kills and reaps the VMM process when the test ends, passed or not.
 pub struct KillOnDrop(pub Child);
