@@ -3,14 +3,11 @@
 
 use super::backend::BlkBackend;
 use super::Served;
-use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
-use vhost::vhost_user::{Error as ProtocolError, Listener};
-use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
+use vhost::vhost_user::Listener;
+use vhost_user_backend::ShutdownHandle;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::EventFd;
 
 /// The serving thread's state, shared with [`super::VhostUserBlk`] to stop it.
 #[derive(Default)]
@@ -70,46 +67,18 @@ impl Control {
     }
 }
 
-/// One frontend's device. Its queue workers are ended through `stop`, an eventfd of ours in
-/// each worker's epoll (see [`BlkBackend::stop_event`]), rather than through the library's
-/// exit events, whose eventfds it never closes: one leaked descriptor per queue and
-/// connection would wear a long-running service down as VMs restart.
-struct Session {
-    daemon: VhostUserDaemon<Arc<BlkBackend>>,
-    stop: EventFd,
-}
+type Session = vireo_virtio::vhost_user::session::Session<Arc<BlkBackend>>;
 
-impl Session {
-    fn new(served: &Arc<Served>) -> Result<Session, String> {
-        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let backend = Arc::new(BlkBackend::new(served.clone(), mem.clone()));
-        let stop_event = backend.stop_event();
-        let stop = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
-            .map_err(|e| format!("cannot create an eventfd: {e}"))?;
-        let daemon = VhostUserDaemon::new("vhost-user-blk".into(), backend, mem)
-            .map_err(|e| e.to_string())?;
-        let session = Session { daemon, stop };
-        for worker in session.daemon.get_epoll_handlers() {
-            worker
-                .register_listener(session.stop.as_raw_fd(), EventSet::IN, stop_event)
-                .map_err(|e| format!("cannot watch the stop event: {e}"))?;
-        }
-        Ok(session)
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        // Then the daemon's drop joins the workers, and `stop` is closed after their epolls.
-        if let Err(e) = self.stop.write(1) {
-            tracing::error!("vhost-user-blk: cannot stop the queue workers: {e}");
-        }
-    }
+fn session(served: &Arc<Served>) -> Result<Session, String> {
+    let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    let backend = Arc::new(BlkBackend::new(served.clone(), mem.clone()));
+    let stop_event = backend.stop_event();
+    Session::new("vhost-user-blk", backend, mem, stop_event)
 }
 
 pub fn serve(mut listener: Listener, served: &Arc<Served>, control: &Control, name: &str) {
     while !control.stopping() {
-        let mut session = match Session::new(served) {
+        let mut session = match session(served) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(socket = name, "vhost-user-blk: cannot set up a device: {e}");
@@ -117,7 +86,7 @@ pub fn serve(mut listener: Listener, served: &Arc<Served>, control: &Control, na
                 continue;
             }
         };
-        if let Err(e) = session.daemon.start(&mut listener) {
+        if let Err(e) = session.accept(&mut listener) {
             if !control.stopping() {
                 tracing::warn!(socket = name, "vhost-user-blk: accept failed: {e}");
                 control.pause(Duration::from_millis(100));
@@ -130,13 +99,7 @@ pub fn serve(mut listener: Listener, served: &Arc<Served>, control: &Control, na
         }
         served.counters.connections.add(1);
         tracing::info!(socket = name, "vhost-user-blk: frontend connected");
-        match session.daemon.wait() {
-            Ok(())
-            | Err(vhost_user_backend::Error::HandleRequest(
-                ProtocolError::Disconnected | ProtocolError::PartialMessage,
-            )) => tracing::info!(socket = name, "vhost-user-blk: frontend disconnected"),
-            Err(e) => tracing::warn!(socket = name, "vhost-user-blk: connection ended: {e}"),
-        }
+        session.serve(name);
         control.set_conn(None);
     }
 }

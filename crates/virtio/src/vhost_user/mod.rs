@@ -13,6 +13,8 @@
 //!   space (GET_CONFIG), read once at construction.
 //! - [`VhostUserNet`]: virtio-net with one receive and one transmit queue; the MAC is ours.
 //!
+//! [`session`] is the other side: what the services' vhost-user backends share.
+//!
 //! Both share the frontend core (`frontend`): connection and handshake (`conn`), ring setup
 //! (`rings`) and call forwarding (`calls`). One queue (blk) or one queue pair (net) is used
 //! even if the backend offers more (MQ is negotiated only to learn its queue count).
@@ -40,6 +42,7 @@ mod conn;
 mod frontend;
 mod net;
 mod rings;
+pub mod session;
 mod watchdog;
 
 pub use blk::VhostUserBlk;

@@ -21,18 +21,14 @@ use super::port::Port;
 use super::switch::Switch;
 use backend::NetBackend;
 use std::io;
-use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use vhost::vhost_user::Error as ProtocolError;
-use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
+use vhost_user_backend::ShutdownHandle;
 use vireo_http::{wake_accept, SocketPath};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::EventFd;
 
 pub struct VhostUserLink {
     /// Removed when the port goes, if it is still ours.
@@ -128,7 +124,7 @@ impl VhostUserLink {
                     continue;
                 }
             };
-            let mut session = match Session::new(self, port, switch) {
+            let (mut session, backend) = match session(self, port, switch) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::error!("port {name}: cannot set up a vhost-user device: {e}");
@@ -141,10 +137,7 @@ impl VhostUserLink {
             // The frontend talks to the library through the relay (see `relay`).
             let started = relay::library_connection().and_then(|(mut lib, ours)| {
                 relay::start(frontend, ours, name)?;
-                session
-                    .daemon
-                    .start(&mut lib)
-                    .map_err(|e| io::Error::other(e.to_string()))
+                session.accept(&mut lib).map_err(io::Error::other)
             });
             if let Err(e) = started {
                 tracing::error!("port {name}: cannot serve a vhost-user frontend: {e}");
@@ -165,70 +158,32 @@ impl VhostUserLink {
                 }
                 *conn = session.daemon.shutdown_handle();
             }
-            *self.current.write().unwrap_or_else(|e| e.into_inner()) =
-                Some(session.backend.clone());
+            *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(backend);
             self.connections.fetch_add(1, Relaxed);
             tracing::info!("port {name}: vhost-user frontend connected");
-            match session.daemon.wait() {
-                Ok(())
-                | Err(vhost_user_backend::Error::HandleRequest(
-                    ProtocolError::Disconnected | ProtocolError::PartialMessage,
-                )) => tracing::info!("port {name}: vhost-user frontend disconnected"),
-                Err(e) => tracing::warn!("port {name}: vhost-user connection ended: {e}"),
-            }
+            session.serve(&format!("port {name}"));
             *self.current.write().unwrap_or_else(|e| e.into_inner()) = None;
             *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
     }
 }
 
-/// One frontend's device. Its worker is ended through `stop`, an eventfd of ours in the
-/// worker's epoll, rather than through the library's exit events, whose eventfds it never
-/// closes (one leaked descriptor per connection would wear a long-running service down as
-/// VMs restart).
-struct Session {
-    daemon: VhostUserDaemon<Arc<NetBackend>>,
-    backend: Arc<NetBackend>,
-    stop: EventFd,
-}
+type Session = vireo_virtio::vhost_user::session::Session<Arc<NetBackend>>;
 
-impl Session {
-    fn new(
-        link: &VhostUserLink,
-        port: &Arc<Port>,
-        switch: &Arc<Switch>,
-    ) -> Result<Session, String> {
-        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let backend = Arc::new(NetBackend::new(
-            Arc::downgrade(port),
-            Arc::downgrade(switch),
-            link.mac,
-            mem.clone(),
-        ));
-        let stop_event = backend.stop_event();
-        let stop = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
-            .map_err(|e| format!("cannot create an eventfd: {e}"))?;
-        let daemon = VhostUserDaemon::new("vhost-user-net".into(), backend.clone(), mem)
-            .map_err(|e| e.to_string())?;
-        let session = Session {
-            daemon,
-            backend,
-            stop,
-        };
-        for worker in session.daemon.get_epoll_handlers() {
-            worker
-                .register_listener(session.stop.as_raw_fd(), EventSet::IN, stop_event)
-                .map_err(|e| format!("cannot watch the stop event: {e}"))?;
-        }
-        Ok(session)
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        // Then the daemon's drop joins the worker, and `stop` is closed after its epoll.
-        if let Err(e) = self.stop.write(1) {
-            tracing::error!("vhost-user-net: cannot stop the queue worker: {e}");
-        }
-    }
+/// One frontend's device, with the backend that the switch sends the port's frames to.
+fn session(
+    link: &VhostUserLink,
+    port: &Arc<Port>,
+    switch: &Arc<Switch>,
+) -> Result<(Session, Arc<NetBackend>), String> {
+    let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    let backend = Arc::new(NetBackend::new(
+        Arc::downgrade(port),
+        Arc::downgrade(switch),
+        link.mac,
+        mem.clone(),
+    ));
+    let stop_event = backend.stop_event();
+    let session = Session::new("vhost-user-net", backend.clone(), mem, stop_event)?;
+    Ok((session, backend))
 }
