@@ -1,4 +1,4 @@
-//! Interpreter throughput on the instruction mixes that dominate a Linux boot (big-number
+//! Interpreter and translated-code throughput on the instruction mixes that dominate a Linux boot (big-number
 //! arithmetic: multiplies, adds with carry, shifts) and compression (byte loads and compares).
 //! Prints guest instructions per second; run with `cargo bench -p vireo-emu --bench interp`.
 
@@ -49,12 +49,13 @@ fn mem_loop(a: &mut CodeAssembler, iterations: u64) -> Result<(), IcedError> {
     Ok(())
 }
 
-fn bench(name: &str, build: fn(&mut CodeAssembler, u64) -> Result<(), IcedError>) {
+fn bench(name: &str, build: fn(&mut CodeAssembler, u64) -> Result<(), IcedError>, jit: bool) {
     let mut a = CodeAssembler::new(64).expect("assembler");
     build(&mut a, 3_000_000).expect("assemble loop");
     a.hlt().expect("hlt");
     let code = a.assemble(vireo_emu::testutil::CODE).expect("assemble");
     let mut m = TestMachine::new64(&code);
+    m.cpu.jit.on = jit;
     let t = Instant::now();
     let mut stop = Stop::Budget;
     while stop == Stop::Budget {
@@ -64,13 +65,16 @@ fn bench(name: &str, build: fn(&mut CodeAssembler, u64) -> Result<(), IcedError>
     assert_eq!(stop, Stop::Halt);
     let n = m.cpu.icount;
     println!(
-        "{name:>10}: {:>6.1} M instructions in {secs:.3} s = {:>6.1} MIPS",
+        "{name:>10} {}: {:>6.1} M instructions in {secs:.3} s = {:>6.1} MIPS",
+        if jit { "translated " } else { "interpreted" },
         n as f64 / 1e6,
         n as f64 / secs / 1e6
     );
 }
 
 fn main() {
-    bench("alu", alu_loop);
-    bench("memory", mem_loop);
+    for jit in [false, true] {
+        bench("alu", alu_loop, jit);
+        bench("memory", mem_loop, jit);
+    }
 }

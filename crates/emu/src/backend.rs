@@ -225,9 +225,12 @@ impl Profile {
 impl Drop for EmuVcpu {
     fn drop(&mut self) {
         tracing::info!(
-            "emu: vCPU executed {} instructions; {} decoded blocks cached",
+            "emu: vCPU executed {} instructions ({} in translated code); {} decoded blocks \
+             cached, {} translated",
             self.cpu.icount,
-            self.cpu.blocks.len()
+            self.cpu.jit.ran,
+            self.cpu.blocks.len(),
+            self.cpu.jit.translated()
         );
         if let Some(p) = &self.profile {
             p.write();

@@ -39,14 +39,14 @@ pub enum Alu {
 /// absent); RIP-relative operands become an absolute `disp`. Only FS and GS add a base.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Addr {
-    seg: Seg,
-    base: u8,
-    index: u8,
-    shift: u8,
-    disp: u64,
+    pub(super) seg: Seg,
+    pub(super) base: u8,
+    pub(super) index: u8,
+    pub(super) shift: u8,
+    pub(super) disp: u64,
 }
 
-const NONE: u8 = 0xff;
+pub(super) const NONE: u8 = 0xff;
 
 /// Operand sizes are in bytes: `sz` is 1, 4 or 8 unless said otherwise. A 1-byte register is
 /// the low byte of a GPR (AL..R15L), written without touching the rest; a 4-byte result
@@ -260,7 +260,7 @@ static MASKS: [u64; 16] = {
 
 /// The value mask of an operand of `sz` (1, 2, 4 or 8) bytes.
 #[inline(always)]
-fn mask(sz: u8) -> u64 {
+pub(super) fn mask(sz: u8) -> u64 {
     MASKS[usize::from(sz & 15)]
 }
 

@@ -29,7 +29,9 @@ pub const ARITH: u64 = CF | PF | AF | ZF | SF | OF;
 pub const FIXED: u64 = 1 << 1;
 
 /// What the last flag-setting instruction did.
+/// `repr(u8)`: generated code (`jit/`) stores it as a byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Op {
     /// The arithmetic flags are stored in `Flags::explicit`.
     Explicit,

@@ -37,6 +37,7 @@ pub struct Region {
 unsafe impl Send for Region {}
 
 #[derive(Clone, Copy)]
+#[repr(C)]
 struct TlbEntry {
     /// Linear page number, or u64::MAX when empty.
     vpn: u64,
@@ -78,6 +79,18 @@ pub struct Mmu {
 // SAFETY: see `Region`; TLB host pointers point into those regions.
 unsafe impl Send for Mmu {}
 
+/// The TLB's layout, for the translation tier's inline lookups (`jit/gen.rs`).
+pub(crate) mod tlb_layout {
+    use super::TlbEntry;
+    use std::mem::{offset_of, size_of};
+    pub const ENTRIES: u64 = super::TLB_SIZE as u64;
+    pub const ENTRY: u64 = size_of::<TlbEntry>() as u64;
+    pub const VPN: i32 = offset_of!(TlbEntry, vpn) as i32;
+    pub const HOST: i32 = offset_of!(TlbEntry, host) as i32;
+    pub const READ: i32 = offset_of!(TlbEntry, read) as i32;
+    pub const WRITE: i32 = offset_of!(TlbEntry, write) as i32;
+}
+
 impl Default for Mmu {
     fn default() -> Self {
         Self::new()
@@ -93,6 +106,12 @@ impl Mmu {
             dirty_code: Vec::new(),
             generation: 0,
         }
+    }
+
+    /// The first TLB entry, for generated code that looks entries up itself. Valid as long
+    /// as the `Mmu` lives: the TLB is allocated once and never resized.
+    pub(crate) fn tlb_ptr(&self) -> *const u8 {
+        self.tlb.as_ptr() as *const u8
     }
 
     /// Adds guest RAM.

@@ -6,6 +6,7 @@
 //! signature and reach the machine through the methods of [`Cpu`]: operand access
 //! (`operand.rs`), memory (`mem.rs`), ports and MMIO (`io.rs`), exceptions (`interrupt.rs`).
 
+pub mod blocks;
 pub mod cpuid;
 pub mod dma;
 pub mod exec;
@@ -14,6 +15,7 @@ pub mod flags;
 pub mod fpu;
 pub mod interrupt;
 pub mod io;
+pub mod jit;
 pub mod mem;
 pub mod msr;
 pub mod operand;
@@ -305,7 +307,9 @@ pub struct Cpu {
     pub tsc_offset: i64,
     /// Set while an exception is being delivered, to detect double and triple faults.
     pub delivering: Option<u8>,
-    pub blocks: run::BlockCache,
+    pub blocks: blocks::BlockCache,
+    /// The translation tier for hot blocks (`jit/`).
+    pub jit: jit::Tier,
     /// Writes other threads (devices) made into guest RAM, applied before each block.
     pub device_writes: std::sync::Arc<dma::DeviceWrites>,
 }
@@ -348,7 +352,8 @@ impl Cpu {
             icount: 0,
             tsc_offset: 0,
             delivering: None,
-            blocks: run::BlockCache::default(),
+            blocks: blocks::BlockCache::default(),
+            jit: jit::Tier::default(),
             device_writes: Default::default(),
         };
         // Real-mode reset state: every segment is a 64 KiB data/code segment.

@@ -1,0 +1,358 @@
+//! The cache of decoded blocks.
+//!
+//! A block is the straight-line run of instructions from an address to the first control
+//! transfer or the end of the page, decoded once by iced-x86 with each instruction's handler
+//! resolved. Blocks are keyed by the guest-physical and the linear address of their first
+//! byte and remember the code width they were decoded for (RIP-relative operands and branch
+//! targets depend on the linear address). A write to a page holding blocks drops them (see
+//! `mem.rs`).
+
+use super::fast::{self, Fast};
+use super::jit::Tr;
+use super::run::MAX_BLOCK;
+use super::{exec, Cpu, Fault, Handler};
+use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, FlowControl, Instruction};
+use rustc_hash::FxHashMap;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+/// Blocks the cache holds at most; it is emptied when full (processes that map the same code
+/// at new addresses keep adding blocks).
+const MAX_BLOCKS: usize = 1 << 16;
+const NO_PAGE: u64 = u64::MAX;
+/// Entries of the direct-mapped front of the block cache.
+const FAST_BITS: u32 = 12;
+
+pub struct Block {
+    /// Linear address and code width the block was decoded for.
+    pub(super) virt: u64,
+    /// Physical address of its first byte.
+    phys: u64,
+    /// The physical page number of the second page of an instruction that crosses a page
+    /// end (a one-instruction block), else `NO_PAGE`.
+    next_page: u64,
+    pub(super) bits: u32,
+    /// Each instruction with its handler, the address of the next instruction and its fast
+    /// form.
+    pub(super) insns: Vec<(Instruction, Handler, u64, Fast)>,
+    /// Cleared when a write to its page drops the block, for the jump cache's copies.
+    pub(super) valid: Cell<bool>,
+    /// In 64-bit mode, the two blocks that followed this one last (block chaining: a block
+    /// ending in a conditional branch has two successors): the next lookup tries them first.
+    /// Only blocks held by the cache's map get links, and a block leaving the map drops its
+    /// links, so that the cycles links make (a loop links to itself) never outlive the map.
+    pub(super) link: RefCell<[Option<Jump>; 2]>,
+    /// Its translation to host code, or how often it ran so far (`jit/`).
+    pub(super) tr: Cell<Tr>,
+}
+
+impl Block {
+    /// Marks the block dropped from the cache and breaks its links.
+    fn retire(&self) {
+        self.valid.set(false);
+        *self.link.borrow_mut() = [None, None];
+    }
+
+    /// The linked block that is the block for RIP now, if any.
+    #[inline(always)]
+    pub(super) fn linked(&self, cpu: &Cpu) -> Option<Rc<Block>> {
+        let links = self.link.borrow();
+        links
+            .iter()
+            .flatten()
+            .find(|j| cpu.jump_valid(j))
+            .map(|j| j.block.clone())
+    }
+}
+
+#[derive(Clone)]
+/// A jump-cache entry: a block found for a linear RIP at some privilege level, valid while the
+/// translations have not changed.
+pub(super) struct Jump {
+    pub(super) block: Rc<Block>,
+    generation: u64,
+    cpl: u8,
+}
+
+/// Decoded blocks: a hash map by physical address, fronted in 64-bit mode by a direct-mapped
+/// jump cache by RIP that answers most lookups without translating RIP.
+///
+/// Blocks are reference-counted with `Rc`: the cache belongs to one `Cpu` and its blocks never
+/// leave it, so no atomic counting is needed.
+pub struct BlockCache {
+    /// By (physical, linear) address of the first byte: processes that map the same code at
+    /// different addresses (one binary, address-space randomization) each keep theirs.
+    blocks: FxHashMap<(u64, u64), Rc<Block>>,
+    /// In 64-bit mode, blocks by RIP, skipping the translation of RIP (the jump cache).
+    fast: Vec<Option<Jump>>,
+    /// Physical page number -> start addresses of the blocks in it.
+    pages: FxHashMap<u64, Vec<(u64, u64)>>,
+}
+
+// SAFETY: every `Rc<Block>` lives inside this cache or on the stack of the thread that runs
+// the owning `Cpu`; moving the whole cache to another thread moves all of them together.
+unsafe impl Send for BlockCache {}
+
+impl Default for BlockCache {
+    fn default() -> Self {
+        BlockCache {
+            blocks: FxHashMap::default(),
+            fast: vec![None; 1 << FAST_BITS],
+            pages: FxHashMap::default(),
+        }
+    }
+}
+
+#[inline]
+fn fast_slot(rip: u64) -> usize {
+    ((rip ^ (rip >> FAST_BITS)) as usize) & ((1 << FAST_BITS) - 1)
+}
+
+impl Drop for BlockCache {
+    /// Breaks the links between blocks, which can form cycles.
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+impl BlockCache {
+    pub(super) fn invalidate_page(&mut self, page: u64) {
+        if let Some(starts) = self.pages.remove(&page) {
+            for s in starts {
+                if let Some(b) = self.blocks.remove(&s) {
+                    b.retire();
+                }
+            }
+        }
+    }
+
+    pub fn clear(&mut self) {
+        for b in self.blocks.values() {
+            b.retire();
+        }
+        self.blocks.clear();
+        self.pages.clear();
+        self.fast.fill(None);
+    }
+
+    pub fn len(&self) -> usize {
+        self.blocks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+}
+
+impl Cpu {
+    /// Finds or decodes the block at RIP: first through the link of the block executed
+    /// before (`prev`), then the jump cache, then by physical address.
+    #[inline]
+    pub(super) fn lookup_block(&mut self, prev: Option<&Rc<Block>>) -> Result<Rc<Block>, Fault> {
+        if self.long64 {
+            if let Some(b) = prev.and_then(|p| p.linked(self)) {
+                return Ok(b);
+            }
+        }
+        let block = self.find_block()?;
+        if self.long64 {
+            if let Some(p) = prev {
+                // Only blocks in the cache's map link, and only to blocks in it (`Block::link`).
+                if p.valid.get() && block.valid.get() {
+                    // The newest link first; the older one stays as the second.
+                    let mut links = p.link.borrow_mut();
+                    let keep = links[0].take();
+                    let j = Jump {
+                        block: block.clone(),
+                        generation: self.mem.generation,
+                        cpl: self.cpl,
+                    };
+                    *links = [Some(j), keep];
+                }
+            }
+        }
+        Ok(block)
+    }
+
+    /// Whether a jump-cache entry or link is the block for RIP now.
+    #[inline(always)]
+    pub(super) fn jump_valid(&self, j: &Jump) -> bool {
+        let b = &j.block;
+        b.virt == self.rip
+            && j.generation == self.mem.generation
+            && j.cpl == self.cpl
+            && b.bits == 64
+            && b.valid.get()
+    }
+
+    /// The jump cache and the map by physical address; decodes on a miss.
+    #[inline]
+    fn find_block(&mut self) -> Result<Rc<Block>, Fault> {
+        let slot = fast_slot(self.rip);
+        if self.long64 {
+            if let Some(j) = &self.blocks.fast[slot] {
+                if self.jump_valid(j) {
+                    return Ok(j.block.clone());
+                }
+            }
+        }
+        let lin = self.linear(super::Seg::Cs, self.rip)?;
+        let phys = self.translate(lin, super::mem::Access::Exec, self.cpl == 3)?;
+        // A jump-cache entry that only went stale (a TLB flush, a CR3 write: several per
+        // context switch) is still right if RIP maps to the same physical address: refreshing
+        // it is cheaper than the map lookup.
+        if self.long64 {
+            if let Some(j) = &mut self.blocks.fast[slot] {
+                let b = &j.block;
+                if b.virt == self.rip
+                    && b.phys == phys
+                    && b.next_page == NO_PAGE
+                    && b.bits == 64
+                    && b.valid.get()
+                {
+                    j.generation = self.mem.generation;
+                    j.cpl = self.cpl;
+                    return Ok(b.clone());
+                }
+            }
+        }
+        let key = (phys, self.rip);
+        let next_lin = (lin & !0xfff).wrapping_add(0x1000);
+        let found = self.blocks.blocks.get(&key).cloned();
+        let block = match found {
+            Some(b) if b.bits == self.code_bits && b.next_page == NO_PAGE => b,
+            // An instruction across two pages: the second must still be the same one.
+            Some(b) if b.bits == self.code_bits && self.page_of(next_lin)? == b.next_page => b,
+            _ => {
+                if self.blocks.blocks.len() >= MAX_BLOCKS {
+                    self.blocks.clear();
+                }
+                let mut block = self.decode_block(lin, phys)?;
+                let mut pages = vec![phys >> 12];
+                if crosses_page(&block) {
+                    // Tracked for writes in both pages.
+                    block.next_page = self.page_of(next_lin)?;
+                    pages.push(block.next_page);
+                }
+                let block = Rc::new(block);
+                for page in pages {
+                    self.mem.mark_code(page);
+                    let starts = self.blocks.pages.entry(page).or_default();
+                    if !starts.contains(&key) {
+                        starts.push(key);
+                    }
+                }
+                if let Some(old) = self.blocks.blocks.insert(key, block.clone()) {
+                    old.retire();
+                }
+                block
+            }
+        };
+        if self.long64 {
+            self.blocks.fast[slot] = Some(Jump {
+                block: block.clone(),
+                generation: self.mem.generation,
+                cpl: self.cpl,
+            });
+        }
+        Ok(block)
+    }
+
+    /// Decodes instructions from RIP to the first control transfer or the end of the page.
+    ///
+    /// Out of line: its 4 KiB buffer would otherwise make every block's stack frame large.
+    #[inline(never)]
+    fn decode_block(&mut self, lin: u64, phys: u64) -> Result<Block, Fault> {
+        let mut buf = [0u8; 4096 + 15];
+        let (_, n) = self.fetch(lin, &mut buf[..4096])?;
+        let mut insns = Vec::with_capacity(8);
+        let mut decoder =
+            Decoder::with_ip(self.code_bits, &buf[..n], self.rip, DecoderOptions::NONE);
+        let mut ins = Instruction::default();
+        while decoder.can_decode() && insns.len() < MAX_BLOCK {
+            decoder.decode_out(&mut ins);
+            if decoder.last_error() == DecoderError::NoMoreBytes {
+                if !insns.is_empty() {
+                    break;
+                }
+                // The first instruction straddles the page end: fetch across it.
+                let (_, m) = self.fetch(lin.wrapping_add(n as u64), &mut buf[n..n + 15])?;
+                let mut d = Decoder::with_ip(
+                    self.code_bits,
+                    &buf[..n + m],
+                    self.rip,
+                    DecoderOptions::NONE,
+                );
+                d.decode_out(&mut ins);
+                insns.push((
+                    ins,
+                    exec::resolve(&ins),
+                    self.mask_ip(ins.next_ip()),
+                    fast::digest(&ins, self.code_bits),
+                ));
+                break;
+            }
+            let stop = ins.code() == Code::INVALID || ins.flow_control() != FlowControl::Next;
+            insns.push((
+                ins,
+                exec::resolve(&ins),
+                self.mask_ip(ins.next_ip()),
+                fast::digest(&ins, self.code_bits),
+            ));
+            if stop {
+                break;
+            }
+        }
+        if insns.is_empty() {
+            // Nothing decodable in the rest of the page: a straddling invalid encoding.
+            ins = Instruction::default();
+            insns.push((ins, exec::resolve(&ins), self.rip, Fast::No));
+        }
+        Ok(Block {
+            valid: Cell::new(true),
+            link: RefCell::new([None, None]),
+            tr: Cell::new(Tr::Cold(0)),
+            virt: self.rip,
+            phys,
+            next_page: NO_PAGE,
+            bits: self.code_bits,
+            insns,
+        })
+    }
+
+    /// The physical page number of the code at linear address `lin`.
+    fn page_of(&mut self, lin: u64) -> Result<u64, Fault> {
+        Ok(self.translate(lin, super::mem::Access::Exec, self.cpl == 3)? >> 12)
+    }
+
+    /// Drops the blocks decoded from pages that devices wrote.
+    pub(super) fn apply_device_writes(&mut self) {
+        match self.device_writes.drain() {
+            super::dma::Drained::Ranges(ranges) => {
+                for (gpa, len) in ranges {
+                    self.mem.note_write(gpa, len);
+                }
+                for p in std::mem::take(&mut self.mem.dirty_code) {
+                    self.blocks.invalidate_page(p);
+                }
+            }
+            super::dma::Drained::Everything => {
+                self.mem.forget_code();
+                self.blocks.clear();
+            }
+        }
+    }
+
+    /// Drops every decoded block (after the guest's memory map changes wholesale).
+    pub fn flush_code(&mut self) {
+        self.blocks.clear();
+    }
+}
+
+/// Whether a (one-instruction) block's instruction runs past the end of its page.
+fn crosses_page(b: &Block) -> bool {
+    b.insns
+        .first()
+        .map(|(i, _, _, _)| (i.ip() & 0xfff) + i.len() as u64 > 0x1000)
+        .unwrap_or(false)
+}

@@ -1,0 +1,98 @@
+//! Entering translations from the block loop, and running them back to back.
+//!
+//! Between two blocks the run loop checks for interrupts, device writes, I/O, the budget and
+//! code that was written. Translated code does none of the things that raise those (no I/O,
+//! no write to a page holding code, no change of IF or mode), so after a translation that
+//! completed its whole block the next block can start at once if its translation is current
+//! and nothing is waiting: the budget is not spent and neither the kick nor the attention
+//! flag is up. The next block is one the finished block links to (`run.rs`), valid only
+//! for the RIP, CPL and translations of now.
+
+use super::{Entry, Tr};
+use crate::cpu::blocks::Block;
+use crate::cpu::Cpu;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+/// When the run loop wants control back.
+#[derive(Clone, Copy)]
+pub struct Until<'a> {
+    /// Instruction count at which the budget is spent.
+    pub end: u64,
+    pub kick: &'a AtomicBool,
+    pub attention: &'a AtomicBool,
+}
+
+impl Cpu {
+    /// Runs the translation of `block`, if it has one, and while each completes its whole
+    /// block the translations of the blocks linked after it; `block` ends as the last one
+    /// entered. Returns how many of its instructions completed (the instruction count and RIP
+    /// are up to date): the interpreter does the rest.
+    pub(in crate::cpu) fn run_translated(&mut self, block: &mut Rc<Block>, until: Until) -> usize {
+        let Some(mut entry) = self.jit_entry(block) else {
+            return 0;
+        };
+        loop {
+            let tlb = self.mem.tlb_ptr();
+            // SAFETY: `entry` is live code of the current region epoch (checked by
+            // `jit_entry`) with the `Entry` signature; it reads and writes only this Cpu's
+            // registers, flags and RIP, the TLB that `tlb` points to (not resized while it
+            // runs) and guest RAM through host pointers that TLB holds.
+            let k = unsafe { entry(self, tlb) };
+            let n = block.insns.len();
+            let k = (k as usize).min(n);
+            self.icount += k as u64;
+            self.jit.ran += k as u64;
+            if k < n
+                || self.icount >= until.end
+                || until.kick.load(Relaxed)
+                || until.attention.load(Relaxed)
+                || !self.long64
+            {
+                return k;
+            }
+            let Some(next) = block.linked(self) else {
+                return k;
+            };
+            match self.jit_entry(&next) {
+                Some(e) => {
+                    entry = e;
+                    *block = next;
+                }
+                None => return k,
+            }
+        }
+    }
+
+    /// The translation of a block if it has a current one; counts executions and translates
+    /// the block when it gets hot.
+    fn jit_entry(&mut self, block: &Block) -> Option<Entry> {
+        match block.tr.get() {
+            Tr::Code { entry, epoch } => {
+                if self.jit.epoch() == Some(epoch) {
+                    return Some(entry);
+                }
+                // The code region was emptied since: translate again when hot.
+                block.tr.set(Tr::Cold(0));
+                None
+            }
+            Tr::Cold(n) if n.saturating_add(1) < self.jit.hot => {
+                block.tr.set(Tr::Cold(n + 1));
+                None
+            }
+            Tr::Cold(_) => {
+                // A block outside the cache is not tracked for writes: never translated.
+                if !block.valid.get() {
+                    return None;
+                }
+                let t = self.jit.get()?.translate(&block.insns).unwrap_or(Tr::Never);
+                block.tr.set(t);
+                match t {
+                    Tr::Code { entry, .. } => Some(entry),
+                    _ => None,
+                }
+            }
+            Tr::Never => None,
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! The translation tier: hot blocks of 64-bit code become host machine code (Cranelift).
+//!
+//! A block that has run [`HOT`] times is translated if it starts with instructions that have
+//! a fast form the translator supports (`ops.rs`); the translation covers the longest such
+//! prefix and the interpreter runs the rest. Generated code follows the fast forms' rule: it
+//! never faults. Memory goes through an inline lookup of the same TLB fast path, and on a miss
+//! (or anything else a fast form would hand to its handler) the code stores the state as it
+//! was before that instruction and returns its index, so the block loop re-executes it through
+//! the general handler. Guest registers live in SSA values inside the block, the lazy-flags
+//! record is left exactly as the interpreter would leave it.
+//!
+//! `VIREO_EMU_JIT=0` turns the tier off; `VIREO_EMU_JIT_HOT=N` sets the threshold.
+
+mod chain;
+mod code;
+mod cond;
+mod gen;
+mod ops;
+mod shift;
+
+use super::fast::Fast;
+use super::{Cpu, Handler};
+pub use chain::Until;
+use code::CodeRegion;
+use cranelift_codegen::ir::types::{I32, I64};
+use cranelift_codegen::ir::{AbiParam, Signature, UserFuncName};
+use cranelift_codegen::isa::OwnedTargetIsa;
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_codegen::{control::ControlPlane, Context};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use iced_x86::Instruction;
+
+/// Executions after which a block is translated.
+pub const HOT: u32 = 2000;
+
+/// Generated code: `(cpu, first TLB entry) -> instructions completed`. It has written back
+/// RIP, the registers and the flags record.
+pub type Entry = unsafe extern "C" fn(*mut Cpu, *const u8) -> u64;
+
+/// A block's translation state.
+#[derive(Clone, Copy)]
+pub enum Tr {
+    /// Executions so far.
+    Cold(u32),
+    /// Translated in region epoch `epoch` (stale once the region has been emptied).
+    Code { entry: Entry, epoch: u64 },
+    /// Its first instruction cannot be translated.
+    Never,
+}
+
+/// Offsets into `Cpu` for generated code.
+mod layout {
+    use crate::cpu::flags::Flags;
+    use crate::cpu::Cpu;
+    use std::mem::{offset_of, size_of};
+    use vireo_hypervisor::Segment;
+
+    pub const GPR: i32 = offset_of!(Cpu, gpr) as i32;
+    pub const RIP: i32 = offset_of!(Cpu, rip) as i32;
+    pub const CPL: i32 = offset_of!(Cpu, cpl) as i32;
+    const FLAGS: usize = offset_of!(Cpu, flags);
+    pub const F_OP: i32 = (FLAGS + offset_of!(Flags, op)) as i32;
+    pub const F_BITS: i32 = (FLAGS + offset_of!(Flags, bits)) as i32;
+    pub const F_A: i32 = (FLAGS + offset_of!(Flags, a)) as i32;
+    pub const F_B: i32 = (FLAGS + offset_of!(Flags, b)) as i32;
+    pub const F_RES: i32 = (FLAGS + offset_of!(Flags, res)) as i32;
+    pub const F_EXPLICIT: i32 = (FLAGS + offset_of!(Flags, explicit)) as i32;
+    pub const F_CARRY: i32 = (FLAGS + offset_of!(Flags, carry)) as i32;
+
+    pub fn seg_base(seg: usize) -> i32 {
+        (offset_of!(Cpu, seg) + seg * size_of::<Segment>() + offset_of!(Segment, base)) as i32
+    }
+}
+
+/// Called by generated code for a condition on the flags it found at entry.
+///
+/// # Safety
+/// `cpu` is the pointer the generated code was entered with.
+unsafe extern "C" fn jit_cond(cpu: *const Cpu, cc: u32) -> u32 {
+    // SAFETY: generated code passes the `&mut Cpu` it was called with; the CPU is not
+    // otherwise touched while the generated code runs.
+    let cpu = unsafe { &*cpu };
+    u32::from(cpu.flags.cond(cc as u8 & 15))
+}
+
+/// Called by generated code for the arithmetic flags it found at entry, as RFLAGS bits.
+///
+/// # Safety
+/// As `jit_cond`.
+unsafe extern "C" fn jit_arith(cpu: *const Cpu) -> u64 {
+    // SAFETY: as in `jit_cond`.
+    let cpu = unsafe { &*cpu };
+    cpu.flags.arith()
+}
+
+/// The translator and its code memory; one per CPU, made on first use.
+pub struct Jit {
+    isa: OwnedTargetIsa,
+    ctx: Context,
+    fctx: FunctionBuilderContext,
+    region: CodeRegion,
+    /// Blocks translated (for logs and tests).
+    pub translated: u64,
+}
+
+impl Jit {
+    /// Whether the environment allows the tier (`VIREO_EMU_JIT=0` turns it off).
+    pub fn enabled_by_env() -> bool {
+        std::env::var("VIREO_EMU_JIT").map_or(true, |v| v.trim() != "0")
+    }
+
+    /// The translator for the host, or `None` if Cranelift does not support it.
+    pub fn new() -> Option<Jit> {
+        let mut flags = settings::builder();
+        flags.set("opt_level", "speed").ok()?;
+        // The IR is made by this translator only and the differential tests cover it; the
+        // verifier would double the compile time of every block.
+        flags.set("enable_verifier", "false").ok()?;
+        let isa = cranelift_native::builder()
+            .ok()?
+            .finish(settings::Flags::new(flags))
+            .ok()?;
+        Some(Jit {
+            isa,
+            ctx: Context::new(),
+            fctx: FunctionBuilderContext::new(),
+            region: CodeRegion::new(code::REGION_SIZE)?,
+            translated: 0,
+        })
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.region.epoch()
+    }
+
+    /// Translates the longest supported prefix of a block's instructions; `None` if not even
+    /// the first is supported (or compilation fails).
+    pub fn translate(&mut self, insns: &[(Instruction, Handler, u64, Fast)]) -> Option<Tr> {
+        let call_conv = self.isa.default_call_conv();
+        let mut sig = Signature::new(call_conv);
+        sig.params.push(AbiParam::new(I64));
+        sig.params.push(AbiParam::new(I64));
+        sig.returns.push(AbiParam::new(I64));
+        let mut cond_sig = Signature::new(call_conv);
+        cond_sig.params.push(AbiParam::new(I64));
+        cond_sig.params.push(AbiParam::new(I32));
+        cond_sig.returns.push(AbiParam::new(I32));
+
+        self.ctx.clear();
+        self.ctx.func.signature = sig;
+        self.ctx.func.name = UserFuncName::default();
+        let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
+        let mut arith_sig = Signature::new(call_conv);
+        arith_sig.params.push(AbiParam::new(I64));
+        arith_sig.returns.push(AbiParam::new(I64));
+        let cond_ref = b.import_signature(cond_sig);
+        let arith_ref = b.import_signature(arith_sig);
+        let mut g = gen::Gen::new(b, cond_ref, arith_ref);
+        let mut done = 0u32;
+        let mut ended = false;
+        for (k, (ins, _, next, f)) in insns.iter().enumerate() {
+            let at = ops::At {
+                k: k as u32,
+                ip: ins.ip(),
+                next: *next,
+            };
+            match g.op(f, &at) {
+                ops::Done::Next => done += 1,
+                ops::Done::End => {
+                    done += 1;
+                    ended = true;
+                    break;
+                }
+                ops::Done::No => break,
+            }
+        }
+        if !ended {
+            // Continue at the instruction after the prefix (the next one of the block, or
+            // whatever follows the block if it was all translated).
+            let rip = match (insns.get(done as usize), done.checked_sub(1)) {
+                (Some((ins, ..)), _) => ins.ip(),
+                (None, Some(last)) => insns.get(last as usize).map_or(0, |i| i.2),
+                (None, None) => 0,
+            };
+            g.exit(done, gen::Rip::Const(rip));
+        }
+        g.b.seal_all_blocks();
+        // Finished even when useless, which resets the builder context for the next block.
+        g.b.finalize(self.isa.frontend_config());
+        if done == 0 {
+            return None;
+        }
+        let code = self
+            .ctx
+            .compile(&*self.isa, &mut ControlPlane::default())
+            .ok()?;
+        // Calls are by absolute address (`iconst` + `call_indirect`): nothing to relocate.
+        if !code.buffer.relocs().is_empty() {
+            return None;
+        }
+        let bytes = code.code_buffer().to_vec();
+        let p = match self.region.install(&bytes) {
+            Some(p) => p,
+            None => {
+                self.region.reset();
+                self.region.install(&bytes)?
+            }
+        };
+        self.translated += 1;
+        // SAFETY: `p` is the start of the function just compiled for the host with the
+        // default calling convention and the signature `Entry` describes.
+        let entry: Entry = unsafe { std::mem::transmute::<*const u8, Entry>(p) };
+        Some(Tr::Code {
+            entry,
+            epoch: self.region.epoch(),
+        })
+    }
+}
+
+/// The CPU's translation tier: whether it is on, and the translator once made.
+pub struct Tier {
+    pub on: bool,
+    /// Executions before a block is translated (tests lower it).
+    pub hot: u32,
+    /// Instructions completed in translated code.
+    pub ran: u64,
+    jit: Option<Box<Jit>>,
+}
+
+impl Default for Tier {
+    fn default() -> Self {
+        Tier {
+            on: Jit::enabled_by_env(),
+            hot: std::env::var("VIREO_EMU_JIT_HOT")
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(HOT),
+            ran: 0,
+            jit: None,
+        }
+    }
+}
+
+impl Tier {
+    /// The translator, made on first use; a host Cranelift cannot serve turns the tier off.
+    pub fn get(&mut self) -> Option<&mut Jit> {
+        if !self.on {
+            return None;
+        }
+        if self.jit.is_none() {
+            self.jit = Jit::new().map(Box::new);
+            if self.jit.is_none() {
+                tracing::warn!("emu: no code generator for this host, translation tier off");
+                self.on = false;
+            }
+        }
+        self.jit.as_deref_mut()
+    }
+
+    /// The current code epoch, if the translator exists.
+    pub fn epoch(&self) -> Option<u64> {
+        self.jit.as_ref().map(|j| j.epoch())
+    }
+
+    /// Blocks translated so far.
+    pub fn translated(&self) -> u64 {
+        self.jit.as_ref().map_or(0, |j| j.translated)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,432 @@
+//! The translation tier against the interpreter: random sequences of the supported
+//! instructions from random states must leave identical registers, flags, RIP, instruction
+//! counts and memory, with a warm TLB (the code's inline lookups hit) and a cold one (they
+//! miss and exit mid-block to the interpreter); loops reuse translations; a write to a
+//! translated block's page makes the new code run.
+
+use crate::cpu::flags::ARITH;
+use crate::cpu::mem::Access;
+use crate::cpu::run::Stop;
+use crate::cpu::Seg;
+use crate::testutil::{TestMachine, CODE, DATA, STACK};
+use iced_x86::code_asm::*;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn value(&mut self) -> u64 {
+        match self.below(6) {
+            0 => 0,
+            1 => u64::MAX,
+            2 => 0x8000_0000_0000_0000,
+            3 => 0x7fff_ffff,
+            4 => 0x8000_0000,
+            _ => self.next(),
+        }
+    }
+}
+
+// Destinations: never RBX (memory base), RSI (index) or RSP.
+const R64: [AsmRegister64; 12] = [rax, rcx, rdx, rdi, r8, r9, r10, r11, r12, r13, r14, r15];
+const R32: [AsmRegister32; 12] = [
+    eax, ecx, edx, edi, r8d, r9d, r10d, r11d, r12d, r13d, r14d, r15d,
+];
+const R8: [AsmRegister8; 12] = [
+    al, cl, dl, dil, r8b, r9b, r10b, r11b, r12b, r13b, r14b, r15b,
+];
+
+type Asm = CodeAssembler;
+
+/// Appends one random supported instruction.
+fn emit(a: &mut Asm, g: &mut Rng) -> Result<(), IcedError> {
+    let i = g.below(12) as usize;
+    let j = g.below(12) as usize;
+    let (q, q2, d, d2, b, b2) = (R64[i], R64[j], R32[i], R32[j], R8[i], R8[j]);
+    let disp = (g.below(32) * 8) as i32;
+    let mem: AsmMemoryOperand = rbx + rsi * 8 + disp;
+    let imm = g.value() as i32;
+    let op = g.below(9);
+    macro_rules! alu {
+        ($x:expr, $y:expr) => {
+            alu!($x, $y, op)
+        };
+        // No TEST reg, mem encoding: CMP instead.
+        (nt $x:expr, $y:expr) => {
+            match op {
+                0 => a.add($x, $y),
+                1 => a.adc($x, $y),
+                2 => a.sub($x, $y),
+                3 => a.sbb($x, $y),
+                4 => a.and($x, $y),
+                5 => a.or($x, $y),
+                6 => a.xor($x, $y),
+                _ => a.cmp($x, $y),
+            }
+        };
+        ($x:expr, $y:expr, $op:expr) => {
+            match $op {
+                0 => a.add($x, $y),
+                1 => a.adc($x, $y),
+                2 => a.sub($x, $y),
+                3 => a.sbb($x, $y),
+                4 => a.and($x, $y),
+                5 => a.or($x, $y),
+                6 => a.xor($x, $y),
+                7 => a.cmp($x, $y),
+                _ => a.test($x, $y),
+            }
+        };
+    }
+    match g.below(28) {
+        0 => alu!(q, q2),
+        1 => alu!(d, d2),
+        2 => alu!(b, b2),
+        3 => alu!(q, imm),
+        4 => alu!(nt d, dword_ptr(mem)),
+        5 => alu!(qword_ptr(rbx + disp), q2),
+        6 => alu!(dword_ptr(rbx + disp), imm),
+        7 => match op % 3 {
+            0 => a.mov(q, q2),
+            1 => a.mov(d, imm as u32),
+            _ => a.mov(q, g.value()),
+        },
+        8 => match op % 4 {
+            0 => a.mov(q, qword_ptr(mem)),
+            1 => a.mov(dword_ptr(rbx + disp), d2),
+            2 => a.mov(byte_ptr(mem), b2),
+            _ => a.mov(b, byte_ptr(mem)),
+        },
+        9 => match op % 4 {
+            0 => a.inc(q),
+            1 => a.dec(d),
+            2 => a.inc(b),
+            _ => a.dec(q),
+        },
+        10 => match op % 3 {
+            0 => a.neg(q),
+            1 => a.neg(d),
+            _ => a.not(q),
+        },
+        11 => a.lea(q, qword_ptr(q2 + rsi * 4 + disp)),
+        12 => match op % 4 {
+            0 => a.movzx(d, byte_ptr(mem)),
+            1 => a.movzx(q, word_ptr(mem)),
+            2 => a.movsx(q, byte_ptr(mem)),
+            _ => a.movsxd(q, dword_ptr(mem)),
+        },
+        13 => match op % 3 {
+            0 => a.movzx(d, b2),
+            1 => a.movsx(q, b2),
+            _ => a.movsxd(q, d2),
+        },
+        14 => {
+            let c = (g.below(63) + 1) as u32;
+            match op % 6 {
+                0 => a.shl(q, c),
+                1 => a.shr(q, c),
+                2 => a.sar(q, c),
+                3 => a.shl(d, c & 31),
+                4 => a.shr(b, c & 31),
+                _ => a.sar(d, c & 31),
+            }
+        }
+        15 => match op % 2 {
+            0 => a.imul_2(q, q2),
+            _ => a.imul_2(d, d2),
+        },
+        16 => match op % 2 {
+            0 => a.mul(q2),
+            _ => a.mul(d2),
+        },
+        17 => match op {
+            0 => a.cmovb(q, q2),
+            1 => a.cmove(d, d2),
+            2 => a.cmovl(q, q2),
+            3 => a.cmovle(q, q2),
+            4 => a.cmovs(d, d2),
+            5 => a.cmovp(q, q2),
+            6 => a.cmovo(q, q2),
+            7 => a.cmova(q, q2),
+            _ => a.cmovge(d, d2),
+        },
+        18 => match op {
+            0 => a.setb(b),
+            1 => a.sete(b),
+            2 => a.setl(b),
+            3 => a.setg(b),
+            4 => a.setp(b),
+            5 => a.seto(b),
+            6 => a.setae(b),
+            7 => a.setbe(b),
+            _ => a.setns(b),
+        },
+        19 => match op % 2 {
+            0 => a.bswap(q),
+            _ => a.bswap(d),
+        },
+        20 => {
+            a.push(q)?;
+            a.pop(q2)
+        }
+        21 => alu!(byte_ptr(rbx + disp), b2),
+        22 => a.mov(dword_ptr(rbx + disp), imm),
+        23 => {
+            let c = (g.below(63) + 1) as u32;
+            match op % 6 {
+                0 => a.rol(q, c),
+                1 => a.ror(q, c),
+                2 => a.rol(d, c & 31),
+                3 => a.ror(d, c & 31),
+                4 => a.rol(b, c & 31),
+                _ => a.ror(b, c & 31),
+            }
+        }
+        24 | 25 => {
+            // RCX is also a destination: CL is whatever it holds (zero included).
+            match op % 7 {
+                0 => a.shl(q, cl),
+                1 => a.shr(q, cl),
+                2 => a.sar(d, cl),
+                3 => a.rol(d, cl),
+                4 => a.ror(q, cl),
+                5 => a.shl(b, cl),
+                _ => a.ror(b, cl),
+            }
+        }
+        26 => {
+            a.mov(ecx, (g.below(70)) as u32)?;
+            a.shr(d, cl)
+        }
+        _ => alu!(nt q, qword_ptr(mem.gs())),
+    }
+}
+
+/// Runs `code` from a state; `jit` chooses the tier, `warm` whether the TLB holds the data and
+/// stack pages before the start.
+fn run(
+    code: &[u8],
+    regs: &[u64; 16],
+    mem: &[u8],
+    flags: u64,
+    jit: bool,
+    warm: bool,
+) -> TestMachine {
+    let mut m = TestMachine::new64(code);
+    m.cpu.jit.on = jit;
+    m.cpu.jit.hot = 1;
+    m.load(DATA, mem);
+    m.cpu.gpr = *regs;
+    m.cpu.flags.set(flags);
+    m.cpu.seg[Seg::Gs as usize].base = 0x100;
+    if warm {
+        for page in [DATA, STACK - 0x1000] {
+            m.cpu.translate(page, Access::Write, false).unwrap();
+        }
+    }
+    assert_eq!(m.run(100_000), Stop::Halt);
+    m
+}
+
+fn same(x: &TestMachine, y: &TestMachine, what: &str) {
+    assert_eq!(x.cpu.gpr, y.cpu.gpr, "{what}: registers");
+    assert_eq!(x.cpu.rip, y.cpu.rip, "{what}: rip");
+    assert_eq!(x.cpu.icount, y.cpu.icount, "{what}: instruction count");
+    assert_eq!(x.cpu.flags.get(), y.cpu.flags.get(), "{what}: flags");
+    let d = DATA as usize;
+    assert_eq!(
+        x.ram()[d..d + 0x800],
+        y.ram()[d..d + 0x800],
+        "{what}: memory"
+    );
+    let s = STACK as usize;
+    assert_eq!(x.ram()[s - 64..s], y.ram()[s - 64..s], "{what}: stack");
+}
+
+fn state(g: &mut Rng) -> ([u64; 16], Vec<u8>, u64) {
+    let mut regs = [0u64; 16];
+    for r in regs.iter_mut() {
+        *r = g.value();
+    }
+    regs[3] = DATA;
+    regs[4] = STACK;
+    regs[6] = g.below(64);
+    let mem: Vec<u8> = (0..0x800).map(|_| g.next() as u8).collect();
+    (regs, mem, g.next() & ARITH)
+}
+
+#[test]
+fn random_sequences_match_the_interpreter() {
+    let mut g = Rng(0x2545_f491_4f6c_dd1d);
+    let mut translated = 0;
+    for case in 0..400 {
+        let mut a = CodeAssembler::new(64).unwrap();
+        for _ in 0..1 + g.below(24) {
+            emit(&mut a, &mut g).unwrap();
+        }
+        a.hlt().unwrap();
+        let code = a.assemble(CODE).unwrap();
+        let (regs, mem, flags) = state(&mut g);
+        let warm = case % 3 != 0;
+        let j = run(&code, &regs, &mem, flags, true, warm);
+        let i = run(&code, &regs, &mem, flags, false, warm);
+        same(&j, &i, &format!("case {case} (warm {warm})"));
+        translated += j.cpu.jit.translated();
+    }
+    assert!(translated > 300, "only {translated} blocks translated");
+}
+
+/// A loop whose body and conditional branch are translated, run many times, with the exit
+/// condition computed from flags set inside and outside the translation.
+#[test]
+fn loops_reuse_translations() {
+    let mut g = Rng(0x9e37_79b9_7f4a_7c15);
+    for case in 0..60 {
+        let mut a = CodeAssembler::new(64).unwrap();
+        a.mov(rsi, 200u64).unwrap();
+        let mut top = a.create_label();
+        a.set_label(&mut top).unwrap();
+        for _ in 0..1 + g.below(12) {
+            emit(&mut a, &mut g).unwrap();
+        }
+        // RSI counts down (emit never writes it), from 200: also the memory index, whose
+        // operands stay inside the data area as it shrinks.
+        a.sub(rsi, 1).unwrap();
+        match case % 3 {
+            0 => a.jnz(top).unwrap(),
+            1 => a.jg(top).unwrap(),
+            _ => {
+                a.cmp(rsi, 0).unwrap();
+                a.ja(top).unwrap()
+            }
+        }
+        a.hlt().unwrap();
+        let code = a.assemble(CODE).unwrap();
+        let (mut regs, mem, flags) = state(&mut g);
+        regs[3] = DATA - 8 * 200;
+        let mut big = vec![0u8; 8 * 200];
+        big.extend_from_slice(&mem);
+        let run2 = |jit| {
+            let mut m = TestMachine::new64(&code);
+            m.cpu.jit.on = jit;
+            m.cpu.jit.hot = 16;
+            m.load(DATA - 8 * 200, &big);
+            m.cpu.gpr = regs;
+            m.cpu.flags.set(flags);
+            assert_eq!(m.run(1_000_000), Stop::Halt);
+            m
+        };
+        let (j, i) = (run2(true), run2(false));
+        same(&j, &i, &format!("loop {case}"));
+        assert!(j.cpu.jit.translated() > 0, "loop {case} not translated");
+    }
+}
+
+/// Self-modifying code: a function is called until translated, then the guest rewrites its
+/// immediate; the next call must run the new instruction.
+#[test]
+fn a_write_to_translated_code_takes_effect() {
+    let f = CODE + 0x1000;
+    let mut b = CodeAssembler::new(64).unwrap();
+    b.mov(eax, 7u32).unwrap(); // B8 imm32: the immediate is at f + 1
+    b.add(eax, ecx).unwrap();
+    b.ret().unwrap();
+    let func = b.assemble(f).unwrap();
+    let mut a = CodeAssembler::new(64).unwrap();
+    a.mov(rdi, f).unwrap();
+    a.mov(ecx, 0u32).unwrap();
+    let mut top = a.create_label();
+    a.set_label(&mut top).unwrap();
+    a.call(rdi).unwrap();
+    a.add(r8, rax).unwrap();
+    a.inc(ecx).unwrap();
+    a.cmp(ecx, 200).unwrap();
+    a.jb(top).unwrap();
+    a.mov(dword_ptr(rdi + 1), 1000).unwrap();
+    a.call(rdi).unwrap();
+    a.hlt().unwrap();
+    let main = a.assemble(CODE).unwrap();
+    for jit in [true, false] {
+        let mut m = TestMachine::new64(&main);
+        m.load(f, &func);
+        m.cpu.jit.on = jit;
+        m.cpu.jit.hot = 16;
+        m.cpu.gpr[4] = STACK;
+        assert_eq!(m.run(1_000_000), Stop::Halt);
+        assert_eq!(m.cpu.gpr[0], 1200, "jit {jit}: the new code ran");
+        assert_eq!(
+            m.cpu.gpr[8],
+            (0..200).map(|c| 7 + c).sum::<u64>(),
+            "jit {jit}"
+        );
+        assert_eq!(jit, m.cpu.jit.translated() > 0);
+    }
+}
+
+/// A TLB miss in the middle of a translated block: the code exits at that instruction with
+/// the instructions before it done, and the interpreter finishes the block.
+#[test]
+fn a_tlb_miss_mid_block_exits_precisely() {
+    let mut a = CodeAssembler::new(64).unwrap();
+    a.add(rax, rcx).unwrap();
+    a.cmp(rax, 5).unwrap();
+    a.mov(rdx, qword_ptr(rbx + 8)).unwrap(); // cold TLB: exits here
+    a.setb(r8b).unwrap();
+    a.add(rdx, 1).unwrap();
+    a.hlt().unwrap();
+    let code = a.assemble(CODE).unwrap();
+    let mut mem = vec![0u8; 0x800];
+    mem[8] = 41;
+    let mut regs = [0u64; 16];
+    regs[0] = 1;
+    regs[1] = 2;
+    regs[3] = DATA;
+    regs[4] = STACK;
+    let j = run(&code, &regs, &mem, 0, true, false);
+    let i = run(&code, &regs, &mem, 0, false, false);
+    same(&j, &i, "tlb miss");
+    assert!(j.cpu.jit.translated() >= 1);
+    assert_eq!(j.cpu.gpr[2], 42);
+    assert_eq!(j.cpu.gpr[8] & 0xff, 1);
+    assert_eq!(j.cpu.icount, 6);
+}
+
+/// An instruction across a page end is cached and translated like any block, and a write to
+/// its second page still makes the new bytes run.
+#[test]
+fn a_write_to_the_second_page_of_a_straddling_instruction_takes_effect() {
+    // `mov eax, imm32` (B8 + 4 bytes) starting 2 bytes before the page end: the top two bytes
+    // of the immediate are on the next page; `ret` follows.
+    let f = CODE + 0x2000 - 2;
+    let func = [0xb8, 0x07, 0x00, 0x00, 0x00, 0xc3];
+    let mut a = CodeAssembler::new(64).unwrap();
+    a.mov(rdi, f).unwrap();
+    a.mov(ecx, 0u32).unwrap();
+    let mut top = a.create_label();
+    a.set_label(&mut top).unwrap();
+    a.call(rdi).unwrap();
+    a.add(r8, rax).unwrap();
+    a.inc(ecx).unwrap();
+    a.cmp(ecx, 100).unwrap();
+    a.jb(top).unwrap();
+    a.mov(byte_ptr(rdi + 3), 1).unwrap(); // second page: eax becomes 0x10007
+    a.call(rdi).unwrap();
+    a.hlt().unwrap();
+    let main = a.assemble(CODE).unwrap();
+    for jit in [true, false] {
+        let mut m = TestMachine::new64(&main);
+        m.load(f, &func);
+        m.cpu.jit.on = jit;
+        m.cpu.jit.hot = 16;
+        assert_eq!(m.run(1_000_000), Stop::Halt);
+        assert_eq!(m.cpu.gpr[0], 0x1_0007, "jit {jit}: the new bytes ran");
+        assert_eq!(m.cpu.gpr[8], 700, "jit {jit}");
+    }
+}
