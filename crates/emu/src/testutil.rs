@@ -112,3 +112,34 @@ impl TestMachine {
         self.cpu.run(max, &kick, &attention)
     }
 }
+
+/// A tiny deterministic generator (xorshift) for randomized differential tests, with
+/// edge-biased values.
+pub struct Rng(pub u64);
+
+impl Rng {
+    // Not an iterator: it never ends, and the tests call it by this short name.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// Zero, all ones, sign and 32-bit boundaries, or anything.
+    pub fn value(&mut self) -> u64 {
+        match self.below(6) {
+            0 => 0,
+            1 => u64::MAX,
+            2 => 0x8000_0000_0000_0000,
+            3 => 0x7fff_ffff,
+            4 => 0x8000_0000,
+            _ => self.next(),
+        }
+    }
+}

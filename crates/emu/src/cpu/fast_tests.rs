@@ -7,31 +7,10 @@ use crate::cpu::flags::{AF, ARITH};
 use crate::cpu::mem::Access;
 use crate::cpu::run::Stop;
 use crate::cpu::Seg;
-use crate::testutil::{TestMachine, CODE, DATA, STACK};
+use crate::testutil::{Rng, TestMachine, CODE, DATA, STACK};
 use iced_x86::code_asm::*;
 
 type Build = fn(&mut CodeAssembler) -> Result<(), IcedError>;
-
-/// A tiny deterministic generator with edge-biased values.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn value(&mut self) -> u64 {
-        match self.next() % 6 {
-            0 => 0,
-            1 => u64::MAX,
-            2 => 0x8000_0000_0000_0000,
-            3 => 0x7fff_ffff,
-            4 => 0x8000_0000,
-            _ => self.next(),
-        }
-    }
-}
 
 fn run(
     code: &[u8],

@@ -8,31 +8,8 @@ use crate::cpu::flags::ARITH;
 use crate::cpu::mem::Access;
 use crate::cpu::run::Stop;
 use crate::cpu::Seg;
-use crate::testutil::{TestMachine, CODE, DATA, STACK};
+use crate::testutil::{Rng, TestMachine, CODE, DATA, STACK};
 use iced_x86::code_asm::*;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn value(&mut self) -> u64 {
-        match self.below(6) {
-            0 => 0,
-            1 => u64::MAX,
-            2 => 0x8000_0000_0000_0000,
-            3 => 0x7fff_ffff,
-            4 => 0x8000_0000,
-            _ => self.next(),
-        }
-    }
-}
 
 // Destinations: never RBX (memory base), RSI (index) or RSP.
 const R64: [AsmRegister64; 12] = [rax, rcx, rdx, rdi, r8, r9, r10, r11, r12, r13, r14, r15];
