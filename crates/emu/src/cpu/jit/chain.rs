@@ -2,13 +2,14 @@
 //!
 //! Between two blocks the run loop checks for interrupts, device writes, I/O, the budget and
 //! code that was written. Translated code does none of the things that raise those (no I/O,
-//! no write to a page holding code, no change of IF or mode), so after a translation that
-//! completed its whole block the next block can start at once if its translation is current
-//! and nothing is waiting: the budget is not spent and neither the kick nor the attention
-//! flag is up. The next block is one the finished block links to (`run.rs`), valid only
+//! no write to a page holding code, no change of IF or mode): an instruction it hands to the
+//! interpreter (`jit_step`) that does one ends the translation with `ENDED`. So after a
+//! translation that completed its whole block the next block can start at once if its
+//! translation is current and nothing is waiting: the budget is not spent and neither the
+//! kick nor the attention flag is up. The next block is one the finished block links to (`run.rs`), valid only
 //! for the RIP, CPL and translations of now.
 
-use super::{Entry, Tr};
+use super::{Entry, Tr, ENDED};
 use crate::cpu::blocks::Block;
 use crate::cpu::Cpu;
 use std::rc::Rc;
@@ -38,11 +39,16 @@ impl Cpu {
             // `jit_entry`) with the `Entry` signature; it reads and writes only this Cpu's
             // registers, flags and RIP, the TLB that `tlb` points to (not resized while it
             // runs) and guest RAM through host pointers that TLB holds.
-            let k = unsafe { entry(self, tlb) };
+            let r = unsafe { entry(self, tlb) };
             let n = block.insns.len();
-            let k = (k as usize).min(n);
+            let k = (r as u32 as usize).min(n);
             self.icount += k as u64;
             self.jit.ran += k as u64;
+            if r & ENDED != 0 {
+                // An instruction run by `jit_step` ended the block: nothing is left of it,
+                // and the run loop must look at the state before anything else runs.
+                return n;
+            }
             if k < n
                 || self.icount >= until.end
                 || until.kick.load(Relaxed)

@@ -45,12 +45,19 @@ pub(super) struct Gen<'a> {
     user: Value,
     regs: [Option<Value>; 16],
     dirty: u16,
-    /// `None`: the flags are still the ones in the Cpu at entry.
+    /// `None`: the flags are the ones in the Cpu (at entry, or after a `step`).
     pub flags: Option<Pending>,
-    /// `jit_cond(cpu, cc)`, for conditions on the flags at entry.
-    cond_sig: SigRef,
+    sigs: Sigs,
+}
+
+/// The signatures of the functions generated code calls.
+pub(super) struct Sigs {
+    /// `jit_cond(cpu, cc)`, for conditions on the flags in the Cpu.
+    pub cond: SigRef,
     /// `jit_arith(cpu)`.
-    arith_sig: SigRef,
+    pub arith: SigRef,
+    /// `jit_step(cpu, item, k)`, for instructions without code of their own.
+    pub step: SigRef,
 }
 
 /// Guest memory: unaligned, but never trapping (the TLB lookup checked it).
@@ -64,7 +71,7 @@ fn host() -> MemFlagsData {
 }
 
 impl<'a> Gen<'a> {
-    pub fn new(mut b: FunctionBuilder<'a>, cond_sig: SigRef, arith_sig: SigRef) -> Self {
+    pub fn new(mut b: FunctionBuilder<'a>, sigs: Sigs) -> Self {
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
@@ -82,8 +89,7 @@ impl<'a> Gen<'a> {
             regs: [None; 16],
             dirty: 0,
             flags: None,
-            cond_sig,
-            arith_sig,
+            sigs,
         }
     }
 
@@ -238,6 +244,12 @@ impl<'a> Gen<'a> {
     /// Ends the current IR block: stores the registers written, the flags record and RIP,
     /// and returns `k`, the number of instructions completed.
     pub fn exit(&mut self, k: u32, rip: Rip) {
+        self.sync();
+        self.finish(k, rip);
+    }
+
+    /// Stores the registers written and the flags record into the Cpu.
+    fn sync(&mut self) {
         for i in 0..16 {
             if self.dirty & (1 << i) != 0 {
                 if let Some(v) = self.regs[i] {
@@ -247,32 +259,61 @@ impl<'a> Gen<'a> {
                 }
             }
         }
-        if let Some(p) = self.flags {
-            let op = self.b.ins().iconst(I8, i64::from(p.op as u8));
-            self.b.ins().store(host(), op, self.cpu, l::F_OP);
-            if p.op == Op::Explicit {
-                // `Flags::set_arith`: only the explicit word (in `res` here) changes.
-                self.b.ins().store(host(), p.res, self.cpu, l::F_EXPLICIT);
-                return self.finish(k, rip);
-            }
-            let bits = self.b.ins().iconst(I32, i64::from(p.bits));
-            self.b.ins().store(host(), bits, self.cpu, l::F_BITS);
-            if let Some(a) = p.a {
-                self.b.ins().store(host(), a, self.cpu, l::F_A);
-            }
-            if let Some(v) = p.b {
-                self.b.ins().store(host(), v, self.cpu, l::F_B);
-            }
-            self.b.ins().store(host(), p.res, self.cpu, l::F_RES);
-            if p.op != Op::Logic {
-                let c = match p.carry {
-                    Some(c) => c,
-                    None => self.b.ins().iconst(I8, 0),
-                };
-                self.b.ins().store(host(), c, self.cpu, l::F_CARRY);
-            }
+        let Some(p) = self.flags else {
+            return;
+        };
+        let op = self.b.ins().iconst(I8, i64::from(p.op as u8));
+        self.b.ins().store(host(), op, self.cpu, l::F_OP);
+        if p.op == Op::Explicit {
+            // `Flags::set_arith`: only the explicit word (in `res` here) changes.
+            self.b.ins().store(host(), p.res, self.cpu, l::F_EXPLICIT);
+            return;
         }
-        self.finish(k, rip);
+        let bits = self.b.ins().iconst(I32, i64::from(p.bits));
+        self.b.ins().store(host(), bits, self.cpu, l::F_BITS);
+        if let Some(a) = p.a {
+            self.b.ins().store(host(), a, self.cpu, l::F_A);
+        }
+        if let Some(v) = p.b {
+            self.b.ins().store(host(), v, self.cpu, l::F_B);
+        }
+        self.b.ins().store(host(), p.res, self.cpu, l::F_RES);
+        if p.op != Op::Logic {
+            let c = match p.carry {
+                Some(c) => c,
+                None => self.b.ins().iconst(I8, 0),
+            };
+            self.b.ins().store(host(), c, self.cpu, l::F_CARRY);
+        }
+    }
+
+    /// Runs instruction `k` (at `ip`, `item` in its block) through `jit_step`, with the state
+    /// in the Cpu; returns what `jit_step` says unless the instruction completed and the
+    /// translation goes on, with every register and the flags read from the Cpu again.
+    pub fn step(&mut self, item: *const super::Item, k: u32, ip: u64) {
+        self.sync();
+        let rip = self.iconst(ip);
+        self.b.ins().store(host(), rip, self.cpu, l::RIP);
+        let f = self.iconst(super::jit_step as *const () as u64);
+        let item = self.iconst(item as u64);
+        let k = self.iconst(u64::from(k));
+        let call = self
+            .b
+            .ins()
+            .call_indirect(self.sigs.step, f, &[self.cpu, item, k]);
+        let r = self.b.inst_results(call)[0];
+        let on = self
+            .b
+            .ins()
+            .icmp_imm_s(IntCC::Equal, r, super::STEP_ON as i64);
+        let (cont, out) = (self.b.create_block(), self.b.create_block());
+        self.b.ins().brif(on, cont, &[], out, &[]);
+        self.b.switch_to_block(out);
+        self.b.ins().return_(&[r]);
+        self.b.switch_to_block(cont);
+        self.regs = [None; 16];
+        self.dirty = 0;
+        self.flags = None;
     }
 
     /// Stores RIP and returns `k`.
@@ -298,7 +339,7 @@ impl<'a> Gen<'a> {
     /// `None`).
     pub fn arith_at_entry(&mut self) -> Value {
         let f = self.iconst(super::jit_arith as *const () as u64);
-        let call = self.b.ins().call_indirect(self.arith_sig, f, &[self.cpu]);
+        let call = self.b.ins().call_indirect(self.sigs.arith, f, &[self.cpu]);
         self.b.inst_results(call)[0]
     }
 
@@ -309,7 +350,7 @@ impl<'a> Gen<'a> {
         let call = self
             .b
             .ins()
-            .call_indirect(self.cond_sig, f, &[self.cpu, cc]);
+            .call_indirect(self.sigs.cond, f, &[self.cpu, cc]);
         let r = self.b.inst_results(call)[0];
         self.b.ins().icmp_imm_s(IntCC::NotEqual, r, 0)
     }

@@ -1,9 +1,9 @@
 //! The translation tier: hot blocks of 64-bit code become host machine code (Cranelift).
 //!
-//! A block that has run [`HOT`] times is translated if it starts with instructions that have
-//! a fast form the translator supports (`ops.rs`); the translation covers the longest such
-//! prefix and the interpreter runs the rest. Generated code follows the fast forms' rule: it
-//! never faults. Memory goes through an inline lookup of the same TLB fast path, and on a miss
+//! A block that has run [`HOT`] times is translated: instructions with a fast form the
+//! translator supports (`ops.rs`) become code, the others a call of the interpreter's code for
+//! them (`jit_step`), with the state in the Cpu. Generated code follows the fast forms' rule:
+//! it never faults. Memory goes through an inline lookup of the same TLB fast path, and on a miss
 //! (or anything else a fast form would hand to its handler) the code stores the state as it
 //! was before that instruction and returns its index, so the block loop re-executes it through
 //! the general handler. Guest registers live in SSA values inside the block, the lazy-flags
@@ -18,7 +18,8 @@ mod gen;
 mod ops;
 mod shift;
 
-use super::fast::Fast;
+use super::fast::{Fast, Step};
+use super::flags::{IF, TF};
 use super::{Cpu, Handler};
 pub use chain::Until;
 use code::CodeRegion;
@@ -72,7 +73,7 @@ mod layout {
     }
 }
 
-/// Called by generated code for a condition on the flags it found at entry.
+/// Called by generated code for a condition on the flags in the Cpu.
 ///
 /// # Safety
 /// `cpu` is the pointer the generated code was entered with.
@@ -83,7 +84,7 @@ unsafe extern "C" fn jit_cond(cpu: *const Cpu, cc: u32) -> u32 {
     u32::from(cpu.flags.cond(cc as u8 & 15))
 }
 
-/// Called by generated code for the arithmetic flags it found at entry, as RFLAGS bits.
+/// Called by generated code for the arithmetic flags in the Cpu, as RFLAGS bits.
 ///
 /// # Safety
 /// As `jit_cond`.
@@ -91,6 +92,71 @@ unsafe extern "C" fn jit_arith(cpu: *const Cpu) -> u64 {
     // SAFETY: as in `jit_cond`.
     let cpu = unsafe { &*cpu };
     cpu.flags.arith()
+}
+
+/// An instruction of a block, as the block cache holds it.
+pub type Item = (Instruction, Handler, u64, Fast);
+
+/// What `jit_step` returns for an instruction that completed and the code goes on; any other
+/// value is what the code returns at once (`Entry`).
+pub const STEP_ON: u64 = u64::MAX;
+
+/// Set in an `Entry` result: the block ends there (its last instruction changed control flow
+/// or something the run loop must see), the interpreter runs nothing more of it.
+pub const ENDED: u64 = 1 << 32;
+
+/// Called by generated code for an instruction it has no code for, with the registers, flags
+/// and RIP in the Cpu (RIP that of the instruction) and `k` the instructions completed before
+/// it in this translation. Runs it as the block loop does: its fast form, else its handler.
+/// Returns [`STEP_ON`] if it completed and nothing changed that the run loop must see;
+/// `(k + 1) | ENDED` if it completed and the block must end; `k` if it did not complete (a
+/// fault, or I/O for the VMM): the state is as before it, and the interpreter runs it again
+/// with the general treatment (exception delivery, the exit to the VMM).
+///
+/// # Safety
+/// `cpu` is the pointer the generated code was entered with, `item` points into the
+/// instructions of the block being run, which the block loop keeps alive.
+unsafe extern "C" fn jit_step(cpu: *mut Cpu, item: *const Item, k: u64) -> u64 {
+    // SAFETY: as documented: generated code passes the `&mut Cpu` it was called with and
+    // holds no other reference to it during the call; the block outlives the call.
+    let (cpu, (ins, handler, next, f)) = unsafe { (&mut *cpu, &*item) };
+    match cpu.exec_fast(f, *next) {
+        Step::Next => return STEP_ON,
+        Step::Branch(target) => {
+            cpu.rip = target;
+            return (k + 1) | ENDED;
+        }
+        Step::Slow => {}
+    }
+    // The handler may read the instruction count (RDTSC, timers): make it exact. The block
+    // loop adds the translation's instructions once it returns.
+    cpu.icount += k;
+    let before = (cpu.cpl, cpu.long64, cpu.flags.has(IF), cpu.flags.has(TF));
+    cpu.next_rip = *next;
+    let r = handler(cpu, ins);
+    cpu.icount -= k;
+    match r {
+        Ok(()) => {
+            cpu.io.commit();
+            cpu.rip = cpu.next_rip;
+            let end = std::mem::take(&mut cpu.end_block)
+                || cpu.rip != *next
+                || (cpu.cpl, cpu.long64, cpu.flags.has(IF), cpu.flags.has(TF)) != before
+                || cpu.int_shadow
+                || cpu.halted;
+            if end {
+                (k + 1) | ENDED
+            } else {
+                STEP_ON
+            }
+        }
+        Err(_) => {
+            cpu.io.rewind(0);
+            cpu.end_block = false;
+            cpu.rip = ins.ip();
+            k
+        }
+    }
 }
 
 /// The translator and its code memory; one per CPU, made on first use.
@@ -135,7 +201,7 @@ impl Jit {
 
     /// Translates the longest supported prefix of a block's instructions; `None` if not even
     /// the first is supported (or compilation fails).
-    pub fn translate(&mut self, insns: &[(Instruction, Handler, u64, Fast)]) -> Option<Tr> {
+    pub fn translate(&mut self, insns: &[Item]) -> Option<Tr> {
         let call_conv = self.isa.default_call_conv();
         let mut sig = Signature::new(call_conv);
         sig.params.push(AbiParam::new(I64));
@@ -153,12 +219,19 @@ impl Jit {
         let mut arith_sig = Signature::new(call_conv);
         arith_sig.params.push(AbiParam::new(I64));
         arith_sig.returns.push(AbiParam::new(I64));
-        let cond_ref = b.import_signature(cond_sig);
-        let arith_ref = b.import_signature(arith_sig);
-        let mut g = gen::Gen::new(b, cond_ref, arith_ref);
+        let mut step_sig = Signature::new(call_conv);
+        step_sig.params.extend([AbiParam::new(I64); 3]);
+        step_sig.returns.push(AbiParam::new(I64));
+        let sigs = gen::Sigs {
+            cond: b.import_signature(cond_sig),
+            arith: b.import_signature(arith_sig),
+            step: b.import_signature(step_sig),
+        };
+        let mut g = gen::Gen::new(b, sigs);
         let mut done = 0u32;
         let mut ended = false;
-        for (k, (ins, _, next, f)) in insns.iter().enumerate() {
+        for (k, item) in insns.iter().enumerate() {
+            let (ins, _, next, f) = item;
             let at = ops::At {
                 k: k as u32,
                 ip: ins.ip(),
@@ -171,7 +244,11 @@ impl Jit {
                     ended = true;
                     break;
                 }
-                ops::Done::No => break,
+                // No code of its own: the interpreter's, called from the translation.
+                ops::Done::No => {
+                    g.step(item, at.k, at.ip);
+                    done += 1;
+                }
             }
         }
         if !ended {

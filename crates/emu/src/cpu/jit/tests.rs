@@ -186,6 +186,43 @@ fn emit(a: &mut Asm, g: &mut Rng) -> Result<(), IcedError> {
     }
 }
 
+const R16: [AsmRegister16; 12] = [ax, cx, dx, di, r8w, r9w, r10w, r11w, r12w, r13w, r14w, r15w];
+
+/// Appends one random instruction the tier has no code for: the translation calls the
+/// interpreter's (`jit_step`) with the state in the Cpu, and goes on with the state it left.
+fn emit_stepped(a: &mut Asm, g: &mut Rng) -> Result<(), IcedError> {
+    let i = g.below(12) as usize;
+    let j = g.below(12) as usize;
+    let (q, q2, d, w, w2) = (R64[i], R64[j], R32[i], R16[i], R16[j]);
+    let disp = (g.below(32) * 8) as i32;
+    let mem: AsmMemoryOperand = rbx + rsi * 8 + disp;
+    let bit = g.below(64) as u32;
+    match g.below(12) {
+        0 => a.bt(q, bit),
+        1 => a.bts(d, bit & 31),
+        2 => a.btr(qword_ptr(rbx + disp), bit),
+        3 => a.add(w, w2),
+        4 => a.mov(word_ptr(mem), w2),
+        5 => a.xchg(q, q2),
+        6 => {
+            a.movq(xmm1, q2)?;
+            a.movq(q, xmm1)
+        }
+        7 => {
+            a.pushfq()?;
+            a.pop(q)
+        }
+        8 => match g.below(3) {
+            0 => a.stc(),
+            1 => a.clc(),
+            _ => a.cmc(),
+        },
+        9 => a.cmpxchg(qword_ptr(rbx + disp), q2),
+        10 => a.sahf(),
+        _ => a.cqo(),
+    }
+}
+
 /// Runs `code` from a state; `jit` chooses the tier, `warm` whether the TLB holds the data and
 /// stack pages before the start.
 fn run(
@@ -245,8 +282,14 @@ fn random_sequences_match_the_interpreter() {
     let mut translated = 0;
     for case in 0..400 {
         let mut a = CodeAssembler::new(64).unwrap();
+        // Every other case mixes in instructions run through `jit_step`.
+        let stepped = case % 2 == 1;
         for _ in 0..1 + g.below(24) {
-            emit(&mut a, &mut g).unwrap();
+            if stepped && g.below(4) == 0 {
+                emit_stepped(&mut a, &mut g).unwrap();
+            } else {
+                emit(&mut a, &mut g).unwrap();
+            }
         }
         a.hlt().unwrap();
         let code = a.assemble(CODE).unwrap();
@@ -405,5 +448,75 @@ fn a_write_to_the_second_page_of_a_straddling_instruction_takes_effect() {
         assert_eq!(m.run(1_000_000), Stop::Halt);
         assert_eq!(m.cpu.gpr[0], 0x1_0007, "jit {jit}: the new bytes ran");
         assert_eq!(m.cpu.gpr[8], 700, "jit {jit}");
+    }
+}
+
+/// An instruction run through `jit_step` that faults mid-block: the translation stops before
+/// it with the instructions before it done, and the interpreter delivers the exception (here,
+/// without an IDT, a triple fault) from the same state as without the tier.
+#[test]
+fn a_fault_in_a_stepped_instruction_is_delivered_from_a_precise_state() {
+    let mut a = CodeAssembler::new(64).unwrap();
+    a.add(rax, rcx).unwrap();
+    a.bt(rax, 3).unwrap(); // through jit_step
+    a.setb(r9b).unwrap();
+    a.xor(edx, edx).unwrap();
+    a.div(r8).unwrap(); // R8 = 0: #DE, through jit_step
+    a.mov(r10, 1u64).unwrap();
+    a.hlt().unwrap();
+    let code = a.assemble(CODE).unwrap();
+    let mut regs = [0u64; 16];
+    regs[0] = 5;
+    regs[1] = 3;
+    regs[4] = STACK;
+    let run = |jit| {
+        let mut m = TestMachine::new64(&code);
+        m.cpu.jit.on = jit;
+        m.cpu.jit.hot = 1;
+        m.cpu.gpr = regs;
+        assert_eq!(m.run(1000), Stop::Shutdown, "jit {jit}");
+        m
+    };
+    let (j, i) = (run(true), run(false));
+    assert_eq!(j.cpu.gpr, i.cpu.gpr);
+    assert_eq!(j.cpu.icount, i.cpu.icount);
+    assert!(j.cpu.jit.translated() >= 1);
+    assert_eq!(j.cpu.gpr[9] & 0xff, 1, "bt saw bit 3 of 8");
+    assert_eq!(j.cpu.gpr[10], 0, "nothing after the fault ran");
+}
+
+/// Port output in a translated block goes through `jit_step`, which ends the block so that the
+/// run loop hands the write to the VMM, as the interpreter does.
+#[test]
+fn port_output_in_a_translated_block_exits_to_the_vmm() {
+    let mut a = CodeAssembler::new(64).unwrap();
+    a.mov(eax, 0x41u32).unwrap();
+    a.mov(edx, 0x3f8u32).unwrap();
+    a.out(dx, al).unwrap();
+    a.inc(eax).unwrap();
+    a.out(dx, al).unwrap();
+    a.hlt().unwrap();
+    let code = a.assemble(CODE).unwrap();
+    for jit in [true, false] {
+        let mut m = TestMachine::new64(&code);
+        m.cpu.jit.on = jit;
+        m.cpu.jit.hot = 1;
+        let mut out = Vec::new();
+        loop {
+            match m.run(1000) {
+                Stop::Io => {
+                    while let Some(w) = m.cpu.io.writes.pop_front() {
+                        out.push((w.addr, w.data[0]));
+                    }
+                }
+                s => {
+                    assert_eq!(s, Stop::Halt, "jit {jit}");
+                    break;
+                }
+            }
+        }
+        assert_eq!(out, [(0x3f8, 0x41), (0x3f8, 0x42)], "jit {jit}");
+        assert_eq!(m.cpu.icount, 6, "jit {jit}");
+        assert_eq!(jit, m.cpu.jit.translated() > 0);
     }
 }
