@@ -6,8 +6,8 @@
 //! interpreter (`jit_step`) that does one ends the translation with `ENDED`. So after a
 //! translation that completed its whole block the next block can start at once if its
 //! translation is current and nothing is waiting: the budget is not spent and neither the
-//! kick nor the attention flag is up. The next block is one the finished block links to (`run.rs`), valid only
-//! for the RIP, CPL and translations of now.
+//! kick nor the attention flag is up. The next block is one the finished block links to
+//! (`run.rs`), valid only for the RIP, CPL and translations of now.
 
 use super::{Entry, Tr, ENDED};
 use crate::cpu::blocks::Block;
