@@ -159,9 +159,15 @@ impl Cpu {
             if let Some(p) = prev {
                 // Only blocks in the cache's map link, and only to blocks in it (`Block::link`).
                 if p.valid.get() && block.valid.get() {
-                    // The newest link first; the older one stays as the second.
+                    // The newest link first; the older one stays as the second, unless it is
+                    // a stale link to this same block (a CR3 write made it miss): then the
+                    // other successor stays.
                     let mut links = p.link.borrow_mut();
-                    let keep = links[0].take();
+                    let [first, second] = std::mem::take(&mut *links);
+                    let keep = match first {
+                        Some(j) if Rc::ptr_eq(&j.block, &block) => second,
+                        first => first,
+                    };
                     let j = Jump {
                         block: block.clone(),
                         generation: self.mem.generation,

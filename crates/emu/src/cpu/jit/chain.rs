@@ -27,8 +27,9 @@ pub struct Until<'a> {
 impl Cpu {
     /// Runs the translation of `block`, if it has one, and while each completes its whole
     /// block the translations of the blocks linked after it; `block` ends as the last one
-    /// entered. Returns how many of its instructions completed (the instruction count and RIP
-    /// are up to date): the interpreter does the rest.
+    /// entered, or the linked block that has no code yet. Returns how many of its
+    /// instructions completed (the instruction count and RIP are up to date): the interpreter
+    /// does the rest.
     pub(in crate::cpu) fn run_translated(&mut self, block: &mut Rc<Block>, until: Until) -> usize {
         let Some(mut entry) = self.jit_entry(block) else {
             return 0;
@@ -60,12 +61,13 @@ impl Cpu {
             let Some(next) = block.linked(self) else {
                 return k;
             };
-            match self.jit_entry(&next) {
-                Some(e) => {
-                    entry = e;
-                    *block = next;
-                }
-                None => return k,
+            // `jit_entry` has counted this execution of `next`: without code, the interpreter
+            // runs it from here, rather than the run loop finding and counting it again.
+            let e = self.jit_entry(&next);
+            *block = next;
+            match e {
+                Some(e) => entry = e,
+                None => return 0,
             }
         }
     }

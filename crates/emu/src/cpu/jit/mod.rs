@@ -19,7 +19,6 @@ mod ops;
 mod shift;
 
 use super::fast::{Fast, Step};
-use super::flags::{IF, TF};
 use super::{Cpu, Handler};
 pub use chain::Until;
 use code::CodeRegion;
@@ -45,7 +44,7 @@ pub enum Tr {
     Cold(u32),
     /// Translated in region epoch `epoch` (stale once the region has been emptied).
     Code { entry: Entry, epoch: u64 },
-    /// Its first instruction cannot be translated.
+    /// Compiling it failed: it stays interpreted.
     Never,
 }
 
@@ -131,7 +130,6 @@ unsafe extern "C" fn jit_step(cpu: *mut Cpu, item: *const Item, k: u64) -> u64 {
     // The handler may read the instruction count (RDTSC, timers): make it exact. The block
     // loop adds the translation's instructions once it returns.
     cpu.icount += k;
-    let before = (cpu.cpl, cpu.long64, cpu.flags.has(IF), cpu.flags.has(TF));
     cpu.next_rip = *next;
     let r = handler(cpu, ins);
     cpu.icount -= k;
@@ -139,12 +137,11 @@ unsafe extern "C" fn jit_step(cpu: *mut Cpu, item: *const Item, k: u64) -> u64 {
         Ok(()) => {
             cpu.io.commit();
             cpu.rip = cpu.next_rip;
-            let end = std::mem::take(&mut cpu.end_block)
-                || cpu.rip != *next
-                || (cpu.cpl, cpu.long64, cpu.flags.has(IF), cpu.flags.has(TF)) != before
-                || cpu.int_shadow
-                || cpu.halted;
-            if end {
+            // Handlers end the block themselves for everything the run loop must see before
+            // the next instruction (I/O, HLT, STI and POPF raising IF or TF, MOV SS, mode and
+            // control-register changes, writes to code); CPL changes only with control
+            // transfers.
+            if std::mem::take(&mut cpu.end_block) || cpu.rip != *next {
                 (k + 1) | ENDED
             } else {
                 STEP_ON
@@ -199,9 +196,12 @@ impl Jit {
         self.region.epoch()
     }
 
-    /// Translates the longest supported prefix of a block's instructions; `None` if not even
-    /// the first is supported (or compilation fails).
+    /// Translates a block: instructions with a supported fast form become code, the others
+    /// calls of `jit_step`. `None` for an empty block or if compilation fails.
     pub fn translate(&mut self, insns: &[Item]) -> Option<Tr> {
+        if insns.is_empty() {
+            return None;
+        }
         let call_conv = self.isa.default_call_conv();
         let mut sig = Signature::new(call_conv);
         sig.params.push(AbiParam::new(I64));
@@ -228,7 +228,6 @@ impl Jit {
             step: b.import_signature(step_sig),
         };
         let mut g = gen::Gen::new(b, sigs);
-        let mut done = 0u32;
         let mut ended = false;
         for (k, item) in insns.iter().enumerate() {
             let (ins, _, next, f) = item;
@@ -238,35 +237,24 @@ impl Jit {
                 next: *next,
             };
             match g.op(f, &at) {
-                ops::Done::Next => done += 1,
+                ops::Done::Next => {}
                 ops::Done::End => {
-                    done += 1;
                     ended = true;
                     break;
                 }
                 // No code of its own: the interpreter's, called from the translation.
-                ops::Done::No => {
-                    g.step(item, at.k, at.ip);
-                    done += 1;
-                }
+                ops::Done::No => g.step(item, at.k, at.ip),
             }
         }
         if !ended {
-            // Continue at the instruction after the prefix (the next one of the block, or
-            // whatever follows the block if it was all translated).
-            let rip = match (insns.get(done as usize), done.checked_sub(1)) {
-                (Some((ins, ..)), _) => ins.ip(),
-                (None, Some(last)) => insns.get(last as usize).map_or(0, |i| i.2),
-                (None, None) => 0,
-            };
-            g.exit(done, gen::Rip::Const(rip));
+            // The block ends without a branch (its length limit, or an instruction that ends
+            // blocks and fell through): it continues after its last instruction.
+            let rip = insns.last().map_or(0, |i| i.2);
+            g.exit(insns.len() as u32, gen::Rip::Const(rip));
         }
         g.b.seal_all_blocks();
-        // Finished even when useless, which resets the builder context for the next block.
+        // Finishing resets the builder context for the next block.
         g.b.finalize(self.isa.frontend_config());
-        if done == 0 {
-            return None;
-        }
         let code = self
             .ctx
             .compile(&*self.isa, &mut ControlPlane::default())
@@ -275,12 +263,12 @@ impl Jit {
         if !code.buffer.relocs().is_empty() {
             return None;
         }
-        let bytes = code.code_buffer().to_vec();
-        let p = match self.region.install(&bytes) {
+        let bytes = code.code_buffer();
+        let p = match self.region.install(bytes) {
             Some(p) => p,
             None => {
                 self.region.reset();
-                self.region.install(&bytes)?
+                self.region.install(bytes)?
             }
         };
         self.translated += 1;

@@ -1,5 +1,5 @@
 //! Fast forms in generated code, each with the semantics of `Cpu::exec_fast` (`fast.rs`),
-//! which stays the reference; the differential tests (`jit_tests.rs`) hold them together.
+//! which stays the reference; the differential tests (`jit/tests.rs`) hold them together.
 
 use super::gen::{Gen, Rip};
 use crate::cpu::fast::{Alu, Fast};
@@ -14,7 +14,7 @@ pub(super) enum Done {
     Next,
     /// Translated and the translation ended with it (a branch: its exits are emitted).
     End,
-    /// Not supported: the translation stops before it.
+    /// No code of its own: the translation calls the interpreter's (`Gen::step`).
     No,
 }
 
