@@ -17,9 +17,10 @@
 
 use super::flags::cc_number;
 use super::mem::{read_host, write_host, Access};
+use super::operand::sext;
 use super::seg::canonical;
 use super::{Cpu, Seg};
-use crate::cpu::exec::int::{ROL, ROR, SAR, SHL, SHR};
+use crate::cpu::exec::int::{shift_dyn, ROL, ROR, SAR, SHL, SHR};
 use iced_x86::{Code, FlowControl, Instruction, Mnemonic, OpKind, Register};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -675,15 +676,9 @@ impl Cpu {
     /// The linear address of a memory operand (64-bit mode: only FS and GS have a base).
     #[inline(always)]
     fn lin(&self, a: &Addr) -> u64 {
-        let mut v = a.disp;
-        if a.base != NONE {
-            v = v.wrapping_add(self.gpr[(a.base & 15) as usize]);
-        }
-        if a.index != NONE {
-            v = v.wrapping_add(self.gpr[(a.index & 15) as usize] << a.shift);
-        }
+        let v = self.ea_fast(a);
         if matches!(a.seg, Seg::Fs | Seg::Gs) {
-            v = v.wrapping_add(self.seg[a.seg as usize].base);
+            return v.wrapping_add(self.seg[a.seg as usize].base);
         }
         v
     }
@@ -924,11 +919,11 @@ impl Cpu {
                 let Some(v) = self.load_fast(&a, size as usize) else {
                     return Step::Slow;
                 };
-                self.put(d, sz, sext(v, size) & mask(sz));
+                self.put(d, sz, sext(v, usize::from(size)) & mask(sz));
             }
             Fast::MovzxRR { size, d, s } => self.gpr[(d & 15) as usize] = self.get(s, size),
             Fast::MovsxRR { size, sz, d, s } => {
-                self.put(d, sz, sext(self.get(s, size), size) & mask(sz));
+                self.put(d, sz, sext(self.get(s, size), usize::from(size)) & mask(sz));
             }
             Fast::Jcc { cc, target } => {
                 if self.flags.cond(cc) {
@@ -978,7 +973,7 @@ impl Cpu {
             }
             Fast::Shift { op, sz, d, count } => {
                 let a = self.get(d, sz);
-                let r = shift_dyn(op, &mut self.flags, a, u32::from(count), sz);
+                let r = shift_dyn(op, &mut self.flags, a, u32::from(count), usize::from(sz));
                 self.put(d, sz, r);
             }
             Fast::ShiftCl { op, sz, d } => {
@@ -988,7 +983,7 @@ impl Cpu {
                 let r = if count == 0 {
                     a
                 } else {
-                    shift_dyn(op, &mut self.flags, a, count, sz)
+                    shift_dyn(op, &mut self.flags, a, count, usize::from(sz))
                 };
                 self.put(d, sz, r);
             }
@@ -1044,23 +1039,6 @@ impl Cpu {
         }
         Step::Next
     }
-}
-
-/// Sign-extends the low `size` bytes of `v`.
-#[inline(always)]
-fn sext(v: u64, size: u8) -> u64 {
-    match size {
-        1 => v as u8 as i8 as i64 as u64,
-        2 => v as u16 as i16 as i64 as u64,
-        4 => v as u32 as i32 as i64 as u64,
-        _ => v,
-    }
-}
-
-/// SHL/SHR/SAR/ROL/ROR at `sz` bytes by a non-zero masked count.
-#[inline(always)]
-fn shift_dyn(op: u8, f: &mut super::flags::Flags, a: u64, count: u32, sz: u8) -> u64 {
-    crate::cpu::exec::int::shift_dyn(op, f, a, count, sz as usize)
 }
 
 #[cfg(test)]
