@@ -105,6 +105,26 @@ impl TestMachine {
         u64::from_le_bytes(self.ram[a..a + 8].try_into().unwrap_or([0; 8]))
     }
 
+    /// A 64-bit machine for the differential tests of the fast forms and the translation
+    /// tier: `mem` at DATA, the registers and arithmetic flags given, a GS base of 0x100 and,
+    /// if `warm`, TLB entries for the data and stack pages (so memory forms take their fast
+    /// path).
+    pub fn with_state(code: &[u8], regs: &[u64; 16], mem: &[u8], flags: u64, warm: bool) -> Self {
+        let mut m = TestMachine::new64(code);
+        m.load(DATA, mem);
+        m.cpu.gpr = *regs;
+        m.cpu.flags.set(flags);
+        m.cpu.seg[crate::cpu::Seg::Gs as usize].base = 0x100;
+        if warm {
+            for page in [DATA, STACK - 0x1000] {
+                m.cpu
+                    .translate(page, crate::cpu::mem::Access::Write, false)
+                    .expect("the test's pages are mapped");
+            }
+        }
+        m
+    }
+
     /// Runs until HLT (or a shutdown, or an I/O exit, or `max` instructions).
     pub fn run(&mut self, max: u64) -> Stop {
         let kick = AtomicBool::new(false);

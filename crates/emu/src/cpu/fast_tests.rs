@@ -6,7 +6,6 @@ use super::DISABLED;
 use crate::cpu::flags::{AF, ARITH};
 use crate::cpu::mem::Access;
 use crate::cpu::run::Stop;
-use crate::cpu::Seg;
 use crate::testutil::{Rng, TestMachine, CODE, DATA, STACK};
 use iced_x86::code_asm::*;
 
@@ -21,17 +20,7 @@ fn run(
     warm: bool,
 ) -> TestMachine {
     DISABLED.with(|d| d.set(!fast));
-    let mut m = TestMachine::new64(code);
-    m.load(DATA, mem);
-    m.cpu.gpr = *regs;
-    m.cpu.flags.set(flags);
-    m.cpu.seg[Seg::Gs as usize].base = 0x100;
-    if warm {
-        // Fill the TLB so that the memory forms take their fast path, not the handler.
-        for page in [DATA, STACK - 0x1000] {
-            m.cpu.translate(page, Access::Write, false).unwrap();
-        }
-    }
+    let mut m = TestMachine::with_state(code, regs, mem, flags, warm);
     let stop = m.run(1000);
     DISABLED.with(|d| d.set(false));
     assert_eq!(stop, Stop::Halt);

@@ -7,7 +7,7 @@
 use crate::cpu::exec::native_fn::NativeFn;
 use crate::cpu::flags::{AF, ARITH, CF, OF, ZF};
 use crate::cpu::run::Stop;
-use crate::testutil::{TestMachine, CODE, STACK};
+use crate::testutil::{Rng, TestMachine, CODE, STACK};
 use iced_x86::code_asm::*;
 use iced_x86::IcedError;
 
@@ -70,18 +70,14 @@ impl Native {
     }
 }
 
-struct Rng(u64);
+/// The draws of this file: the edges of every operand size, as well as the shared ones.
+trait Edges {
+    fn edge_value(&mut self) -> u64;
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
+impl Edges for Rng {
     /// Random values biased towards the edges of every operand size.
-    fn value(&mut self) -> u64 {
+    fn edge_value(&mut self) -> u64 {
         const EDGES: [u64; 12] = [
             0,
             1,
@@ -123,7 +119,7 @@ fn diff(name: &str, ins: Asm, mask: fn(&State) -> u64, fix: fn(&mut State)) {
             flags: 0,
         };
         for g in s.gpr.iter_mut() {
-            *g = rng.value();
+            *g = rng.edge_value();
         }
         s.flags = (rng.next() & ARITH) | 2;
         // Small shift counts are the interesting ones.

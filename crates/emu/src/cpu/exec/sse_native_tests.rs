@@ -114,20 +114,19 @@ fn emulate(ins: &[u8], s: &State) -> (State, Stop) {
     (out, stop)
 }
 
-pub(super) struct Rng(pub u64);
+pub(super) use crate::testutil::Rng;
 
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
+/// The draws of the native differential tests, over the shared generator.
+pub(super) trait Draw {
+    fn pick<T: Copy>(&mut self, v: &[T]) -> T;
+    fn f32(&mut self) -> u32;
+    fn f64(&mut self) -> u64;
+    fn vec(&mut self) -> u128;
+    fn gpr(&mut self) -> u64;
+    fn mxcsr(&mut self) -> u32;
+}
 
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
+impl Draw for Rng {
     fn pick<T: Copy>(&mut self, v: &[T]) -> T {
         v[self.below(v.len() as u64) as usize]
     }
@@ -203,7 +202,7 @@ impl Rng {
     }
 
     /// A 128-bit vector: float lanes, double lanes, integer edges or random bits.
-    pub fn vec(&mut self) -> u128 {
+    fn vec(&mut self) -> u128 {
         match self.below(5) {
             0 | 1 => (0..4).fold(0u128, |v, i| v | (u128::from(self.f32()) << (32 * i))),
             2 => u128::from(self.f64()) | (u128::from(self.f64()) << 64),
@@ -220,7 +219,7 @@ impl Rng {
         }
     }
 
-    pub fn gpr(&mut self) -> u64 {
+    fn gpr(&mut self) -> u64 {
         match self.below(4) {
             0 => self.pick(&[
                 0,
@@ -238,7 +237,7 @@ impl Rng {
     }
 
     /// MXCSR with every exception masked: random rounding, FZ, DAZ and sticky flags.
-    pub fn mxcsr(&mut self) -> u32 {
+    fn mxcsr(&mut self) -> u32 {
         let mut m = 0x1f80 | ((self.below(4) as u32) << 13);
         if self.below(4) == 0 {
             m |= 1 << 15;

@@ -4,7 +4,7 @@
 
 #![cfg(target_arch = "x86_64")]
 
-use super::native_tests::{codes, run_codes, Check, Rng};
+use super::native_tests::{codes, run_codes, Check, Draw, Rng};
 use iced_x86::{Code, Mnemonic};
 
 /// A random 80-bit value: specials (zeros, infinities, NaNs, denormals, pseudo-denormals,
@@ -31,7 +31,7 @@ pub(super) fn f80(rng: &mut Rng) -> u128 {
             J | (rng.next() & !(u64::MAX >> 12)),
         ),
         10 => mk(
-            rng.pick_u16(&[1, 0x7ffe, 0x3fff, 0x3ffe, 0x403e, 0x401e]),
+            rng.pick::<u16>(&[1, 0x7ffe, 0x3fff, 0x3ffe, 0x403e, 0x401e]),
             J | (rng.next() >> rng.below(64)),
         ),
         _ => mk(rng.next() as u16 & 0x7fff, rng.next()),
@@ -53,12 +53,6 @@ fn f64_to_f80(b: u64) -> u128 {
         (u128::from(exp) << 64) | u128::from(m << sh)
     } else {
         (u128::from(e + 0x3c00) << 64) | u128::from(1u64 << 63 | m << 11)
-    }
-}
-
-impl Rng {
-    fn pick_u16(&mut self, v: &[u16]) -> u16 {
-        v[self.below(v.len() as u64) as usize]
     }
 }
 

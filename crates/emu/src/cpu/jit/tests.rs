@@ -5,9 +5,7 @@
 //! translated block's page makes the new code run.
 
 use crate::cpu::flags::ARITH;
-use crate::cpu::mem::Access;
 use crate::cpu::run::Stop;
-use crate::cpu::Seg;
 use crate::testutil::{Rng, TestMachine, CODE, DATA, STACK};
 use iced_x86::code_asm::*;
 
@@ -233,18 +231,9 @@ fn run(
     jit: bool,
     warm: bool,
 ) -> TestMachine {
-    let mut m = TestMachine::new64(code);
+    let mut m = TestMachine::with_state(code, regs, mem, flags, warm);
     m.cpu.jit.on = jit;
     m.cpu.jit.hot = 1;
-    m.load(DATA, mem);
-    m.cpu.gpr = *regs;
-    m.cpu.flags.set(flags);
-    m.cpu.seg[Seg::Gs as usize].base = 0x100;
-    if warm {
-        for page in [DATA, STACK - 0x1000] {
-            m.cpu.translate(page, Access::Write, false).unwrap();
-        }
-    }
     assert_eq!(m.run(100_000), Stop::Halt);
     m
 }
@@ -349,6 +338,38 @@ fn loops_reuse_translations() {
     }
 }
 
+/// Calls the function `func` at `f` `times` times, adding each EAX to R8, then lets `patch`
+/// rewrite it (RDI holds `f`) and calls it once more; with the tier on and off, in that order.
+fn patched_after_calls(
+    f: u64,
+    func: &[u8],
+    times: i32,
+    patch: impl Fn(&mut Asm) -> Result<(), IcedError>,
+) -> [(bool, TestMachine); 2] {
+    let mut a = CodeAssembler::new(64).unwrap();
+    a.mov(rdi, f).unwrap();
+    a.mov(ecx, 0u32).unwrap();
+    let mut top = a.create_label();
+    a.set_label(&mut top).unwrap();
+    a.call(rdi).unwrap();
+    a.add(r8, rax).unwrap();
+    a.inc(ecx).unwrap();
+    a.cmp(ecx, times).unwrap();
+    a.jb(top).unwrap();
+    patch(&mut a).unwrap();
+    a.call(rdi).unwrap();
+    a.hlt().unwrap();
+    let main = a.assemble(CODE).unwrap();
+    [true, false].map(|jit| {
+        let mut m = TestMachine::new64(&main);
+        m.load(f, func);
+        m.cpu.jit.on = jit;
+        m.cpu.jit.hot = 16;
+        assert_eq!(m.run(1_000_000), Stop::Halt, "jit {jit}");
+        (jit, m)
+    })
+}
+
 /// Self-modifying code: a function is called until translated, then the guest rewrites its
 /// immediate; the next call must run the new instruction.
 #[test]
@@ -359,27 +380,7 @@ fn a_write_to_translated_code_takes_effect() {
     b.add(eax, ecx).unwrap();
     b.ret().unwrap();
     let func = b.assemble(f).unwrap();
-    let mut a = CodeAssembler::new(64).unwrap();
-    a.mov(rdi, f).unwrap();
-    a.mov(ecx, 0u32).unwrap();
-    let mut top = a.create_label();
-    a.set_label(&mut top).unwrap();
-    a.call(rdi).unwrap();
-    a.add(r8, rax).unwrap();
-    a.inc(ecx).unwrap();
-    a.cmp(ecx, 200).unwrap();
-    a.jb(top).unwrap();
-    a.mov(dword_ptr(rdi + 1), 1000).unwrap();
-    a.call(rdi).unwrap();
-    a.hlt().unwrap();
-    let main = a.assemble(CODE).unwrap();
-    for jit in [true, false] {
-        let mut m = TestMachine::new64(&main);
-        m.load(f, &func);
-        m.cpu.jit.on = jit;
-        m.cpu.jit.hot = 16;
-        m.cpu.gpr[4] = STACK;
-        assert_eq!(m.run(1_000_000), Stop::Halt);
+    for (jit, m) in patched_after_calls(f, &func, 200, |a| a.mov(dword_ptr(rdi + 1), 1000)) {
         assert_eq!(m.cpu.gpr[0], 1200, "jit {jit}: the new code ran");
         assert_eq!(
             m.cpu.gpr[8],
@@ -426,26 +427,8 @@ fn a_write_to_the_second_page_of_a_straddling_instruction_takes_effect() {
     // of the immediate are on the next page; `ret` follows.
     let f = CODE + 0x2000 - 2;
     let func = [0xb8, 0x07, 0x00, 0x00, 0x00, 0xc3];
-    let mut a = CodeAssembler::new(64).unwrap();
-    a.mov(rdi, f).unwrap();
-    a.mov(ecx, 0u32).unwrap();
-    let mut top = a.create_label();
-    a.set_label(&mut top).unwrap();
-    a.call(rdi).unwrap();
-    a.add(r8, rax).unwrap();
-    a.inc(ecx).unwrap();
-    a.cmp(ecx, 100).unwrap();
-    a.jb(top).unwrap();
-    a.mov(byte_ptr(rdi + 3), 1).unwrap(); // second page: eax becomes 0x10007
-    a.call(rdi).unwrap();
-    a.hlt().unwrap();
-    let main = a.assemble(CODE).unwrap();
-    for jit in [true, false] {
-        let mut m = TestMachine::new64(&main);
-        m.load(f, &func);
-        m.cpu.jit.on = jit;
-        m.cpu.jit.hot = 16;
-        assert_eq!(m.run(1_000_000), Stop::Halt);
+    // The second page: EAX becomes 0x10007.
+    for (jit, m) in patched_after_calls(f, &func, 100, |a| a.mov(byte_ptr(rdi + 3), 1)) {
         assert_eq!(m.cpu.gpr[0], 0x1_0007, "jit {jit}: the new bytes ran");
         assert_eq!(m.cpu.gpr[8], 700, "jit {jit}");
     }
