@@ -4,7 +4,8 @@
 //! addresses from the network's DHCP server with busybox udhcpc, ping each other and the
 //! namespace, move files over TCP both ways (checksum and segmentation offloads pass
 //! through the switch), and a guest that powers off and is started again on the same
-//! socket (a restarted VM) gets its lease back and is reachable again.
+//! socket (a restarted VM) gets its lease back and is reachable again. Vireo's own
+//! frontend, given no MAC, takes the port's from its configuration space.
 //!
 //! Needs root, qemu-system-x86, iproute2, busybox-static, and the guest image's Debian
 //! packages (cached in `.cache/image` of the workspace, or `VIREO_IMAGE_CACHE`).
@@ -58,25 +59,8 @@ fn boot(img: &GuestImage, socket: &Path, mac: &str, name: &str) -> Qemu {
 /// Brings eth0 up and leases an address with udhcpc; returns it.
 fn lease(q: &mut Qemu, mac: &str) -> String {
     assert_eq!(q.run("cat /sys/class/net/eth0/address"), mac);
-    q.run("ip link set eth0 up");
-    // udhcpc hands the lease to a script in its environment.
-    q.run("echo '#!/bin/sh' > /tmp/dh.sh");
-    q.run(
-        "echo 'case \"$1\" in bound|renew) ip addr flush dev $interface; \
-         ip addr add $ip/$mask dev $interface; echo \"LEASE=$ip ROUTER=$router\";; esac' \
-         >> /tmp/dh.sh",
-    );
-    q.run("chmod +x /tmp/dh.sh");
-    let out = q.run("udhcpc -i eth0 -n -q -t 10 -T 2 -s /tmp/dh.sh 2>&1");
-    let ip = out
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("LEASE="))
-        .unwrap_or_else(|| panic!("no lease: {out}"))
-        .to_string();
-    assert!(
-        out.contains("ROUTER=10.208.0.1"),
-        "the gateway as router: {out}"
-    );
+    let (ip, router) = q.dhcp("eth0");
+    assert_eq!(router, "10.208.0.1", "the gateway as router");
     ip
 }
 
@@ -114,6 +98,23 @@ fn transfer(from: &mut Qemu, to: &mut Qemu, to_ip: &str, mib: u32) -> f64 {
     let secs = started.elapsed().as_secs_f64();
     assert_eq!(to.run("md5sum /tmp/in | cut -d' ' -f1"), sum);
     bytes as f64 * 8.0 / secs / 1e6
+}
+
+#[test]
+fn vireos_frontend_takes_the_ports_mac() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("vhost-user-net-mac-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dp = Datapath::new();
+    dp.add_network("vu", None, Addressing::default()).unwrap();
+    let sock = dir.join("m.sock");
+    let mac = "52:54:00:20:80:07";
+    vhost_port(&dp, "m1", &sock, mac);
+    let dev = vireo_virtio::vhost_user::VhostUserNet::new(&sock, None).unwrap();
+    assert_eq!(vireo_virtio::net::format_mac(&dev.mac()), mac);
+    drop(dev);
+    dp.remove_port("m1").unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use vhost::vhost_user::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vireo_virtio::vhost_user::session::{config_slice, stop_event};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
@@ -92,12 +93,6 @@ impl BlkBackend {
         if scratch.capacity() > KEEP_SCRATCH {
             *scratch = Vec::new();
         }
-    }
-
-    /// The epoll data of the session's stop event in every worker: the first value past
-    /// those the library reserves (queues, and its own exit event).
-    pub fn stop_event(&self) -> u64 {
-        u64::from(self.served.num_queues) + 1
     }
 
     fn target(&self) -> Target<'_> {
@@ -186,7 +181,7 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        config::config_slice(&self.served.config, offset, size)
+        config_slice(&self.served.config, offset, size)
     }
 
     fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
@@ -219,7 +214,7 @@ impl VhostUserBackend for BlkBackend {
         // Worker `thread_id` owns exactly queue `thread_id` (see queues_per_thread), so its
         // events are 0, that queue's kick, and the session's stop event. An error ends the
         // worker: that is how it is stopped, and why queue problems are logged instead.
-        if u64::from(device_event) == self.stop_event() {
+        if u64::from(device_event) == stop_event(self.num_queues()) {
             return Err(io::Error::other("the session is over"));
         }
         if !evset.contains(EventSet::IN) {

@@ -104,16 +104,3 @@ pub fn config_space(dev: &dyn BlockDevice, num_queues: u16) -> [u8; CONFIG_LEN] 
     put(56, &[1]); // write_zeroes_may_unmap
     c
 }
-
-/// `size` bytes of the configuration space from `offset`, zero past its end (a frontend may
-/// ask for a newer, longer layout).
-pub fn config_slice(config: &[u8], offset: u32, size: u32) -> Vec<u8> {
-    let mut out = vec![0u8; size.min(vhost::vhost_user::message::VHOST_USER_CONFIG_SIZE) as usize];
-    let start = offset as usize;
-    for (i, b) in out.iter_mut().enumerate() {
-        if let Some(v) = start.checked_add(i).and_then(|at| config.get(at)) {
-            *b = *v;
-        }
-    }
-    out
-}

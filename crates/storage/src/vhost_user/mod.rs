@@ -29,7 +29,7 @@ pub use stats::VhostUserStats;
 
 use crate::block::BlockDevice;
 use config::{ID_BYTES, MAX_QUEUES};
-use serve::{serve, Control};
+use serve::serve;
 use stats::Counters;
 use std::io;
 use std::os::unix::net::UnixListener;
@@ -38,6 +38,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use vhost::vhost_user::Listener;
 use vireo_http::{wake_accept, SocketPath};
+use vireo_virtio::vhost_user::session::Control;
 
 /// How a volume is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

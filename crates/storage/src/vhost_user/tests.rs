@@ -12,6 +12,7 @@ use crate::block::{check_range, BlockDevice, Extent};
 use std::io;
 use std::sync::{Arc, Mutex};
 use vhost_user_backend::{VhostUserBackend, VringT};
+use vireo_virtio::vhost_user::session::config_slice;
 use virtio_bindings::virtio_blk::*;
 use vm_memory::GuestMemoryAtomic;
 
@@ -479,13 +480,13 @@ fn config_space_matches_the_virtio_layout() {
     assert_eq!(c[offset_of!(C, write_zeroes_may_unmap)], 1);
     assert_eq!(offset_of!(C, max_secure_erase_sectors), CONFIG_LEN);
     // Frontends may read a longer layout, or a part.
-    let long = config::config_slice(&c, 0, 96);
+    let long = config_slice(&c, 0, 96);
     assert_eq!(
         (&long[..CONFIG_LEN], &long[CONFIG_LEN..]),
         (&c[..], &[0u8; 36][..])
     );
-    assert_eq!(config::config_slice(&c, 34, 2), [2, 0]);
-    assert_eq!(config::config_slice(&c, u32::MAX, 4), [0; 4]);
+    assert_eq!(config_slice(&c, 34, 2), [2, 0]);
+    assert_eq!(config_slice(&c, u32::MAX, 4), [0; 4]);
     // An odd block size is treated as 512 bytes.
     let odd = config::config_space(&MemDevice::new(4096, 1000, false), 1);
     let alignment = offset_of!(C, discard_sector_alignment);

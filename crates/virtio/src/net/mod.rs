@@ -8,6 +8,7 @@
 //! Received packets may span several buffers (MRG_RXBUF). Both directions can be rate limited
 //! (`bps=`, `pps=`). There is no control queue and no multiqueue.
 
+mod header;
 mod poll;
 mod receive;
 mod rx;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 use virtio_bindings::virtio_net::*;
 use worker::NetWorker;
 
+pub use header::RxOffloads;
 pub use tap::{Tap, GUEST_OFFLOADS, MAX_NAME_LEN};
 
 pub const QUEUE_SIZE: u16 = 256;
@@ -204,7 +206,7 @@ impl Net {
 
 /// `struct virtio_net_config` (virtio 1.2, 5.1.4) up to `mtu`: the MAC, link up, one queue
 /// pair, and no MTU (F_MTU is not offered).
-pub(crate) fn config_space(mac: &[u8; 6]) -> Vec<u8> {
+pub fn config_space(mac: &[u8; 6]) -> Vec<u8> {
     let mut c = mac.to_vec();
     c.extend_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
     c.extend_from_slice(&1u16.to_le_bytes());

@@ -7,7 +7,6 @@ use super::worker::{NetWorker, Pending, RxWait, BATCH};
 use super::{used, Counters, VNET_HDR_LEN};
 use crate::GuestMemory;
 use std::io;
-use virtio_bindings::virtio_net::*;
 use virtio_queue::QueueT;
 
 impl NetWorker {
@@ -123,25 +122,13 @@ impl NetWorker {
         None
     }
 
-    /// Makes the tap's header what the driver may see: no checksum flags without GUEST_CSUM,
-    /// and only the GSO types it accepted (the tap's offloads already ensure both; a packet
-    /// that breaks them is dropped rather than confuse the driver).
+    /// Makes the tap's header what the driver may see (see [`super::RxOffloads::fix_header`]): the
+    /// tap's offloads already keep out what it did not accept; a packet that breaks them is
+    /// dropped rather than confuse the driver.
     fn fix_header(&mut self) -> bool {
-        let Some(hdr) = self.frame.get_mut(..VNET_HDR_LEN) else {
-            return false;
-        };
-        if !self.guest_csum {
-            if hdr[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM as u8 != 0 {
-                return false;
-            }
-            hdr[0] = 0;
-        }
-        let gso = hdr[1];
-        if gso & VIRTIO_NET_HDR_GSO_ECN as u8 != 0 && !self.guest_ecn {
-            return false;
-        }
-        let kind = usize::from(gso & !(VIRTIO_NET_HDR_GSO_ECN as u8));
-        self.gso_ok.get(kind).copied().unwrap_or(false)
+        self.frame
+            .get_mut(..VNET_HDR_LEN)
+            .is_some_and(|hdr| self.offloads.fix_header(hdr))
     }
 
     /// Takes the next usable chain from the receive ring into the held buffers, returning bad

@@ -10,7 +10,7 @@ use super::poll::TapPoll;
 use super::rx::RxBuffers;
 use super::tap::Tap;
 use super::tx::{self, TxPacket};
-use super::{Counters, MAX_PACKET_LEN};
+use super::{Counters, RxOffloads, MAX_PACKET_LEN};
 use crate::device::complete;
 use crate::rate_limiter::{RateLimiter, TokenKind};
 use crate::{GuestMemory, GuestWrites, Interrupt, QueueHandle};
@@ -68,10 +68,8 @@ pub(crate) struct NetWorker {
     pub(super) s: Setup,
     poll: TapPoll,
     pub(super) mrg: bool,
-    pub(super) guest_csum: bool,
-    /// GSO types (VIRTIO_NET_HDR_GSO_*) the driver accepts.
-    pub(super) gso_ok: [bool; 5],
-    pub(super) guest_ecn: bool,
+    /// What the driver accepted of checksums and segmentation in received frames.
+    pub(super) offloads: RxOffloads,
     pub(super) rx_bufs: RxBuffers,
     pub(super) rx_wait: RxWait,
     pub(super) pending: Option<Pending>,
@@ -87,10 +85,6 @@ impl NetWorker {
     pub(crate) fn new(s: Setup, features: u64) -> io::Result<NetWorker> {
         let has = |b: u32| features & (1 << b) != 0;
         let poll = TapPoll::new(s.tap.as_raw_fd())?;
-        let mut gso_ok = [false; 5];
-        gso_ok[VIRTIO_NET_HDR_GSO_NONE as usize] = true;
-        gso_ok[VIRTIO_NET_HDR_GSO_TCPV4 as usize] = has(VIRTIO_NET_F_GUEST_TSO4);
-        gso_ok[VIRTIO_NET_HDR_GSO_TCPV6 as usize] = has(VIRTIO_NET_F_GUEST_TSO6);
         // Buffers posted before DRIVER_OK were not announced by a notification.
         for q in [&s.rx, &s.tx] {
             q.notify.write(1)?;
@@ -98,9 +92,7 @@ impl NetWorker {
         Ok(NetWorker {
             poll,
             mrg: has(VIRTIO_NET_F_MRG_RXBUF),
-            guest_csum: has(VIRTIO_NET_F_GUEST_CSUM),
-            gso_ok,
-            guest_ecn: has(VIRTIO_NET_F_GUEST_ECN),
+            offloads: RxOffloads::from_features(features),
             rx_bufs: RxBuffers::default(),
             rx_wait: RxWait::Buffers,
             pending: None,

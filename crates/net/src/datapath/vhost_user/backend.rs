@@ -3,15 +3,16 @@
 //! (MAC, link up), and the delivery of the switch's frames into the receive queue from the
 //! sending ports' threads.
 
-use super::chain::{gather, scatter, Mem};
+use super::chain::{gather, scatter, Mem, RxPacket};
 use crate::datapath::port::{ingress, Port};
 use crate::datapath::switch::Switch;
-use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Mutex, Weak};
+use std::io::{self, ErrorKind};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Mutex, OnceLock, Weak};
 use vhost::vhost_user::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
-use vireo_virtio::net::VNET_HDR_LEN;
+use vireo_virtio::net::{config_space, RxOffloads, VNET_HDR_LEN};
+use vireo_virtio::vhost_user::session::{config_slice, stop_event};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::*;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
@@ -51,19 +52,39 @@ pub const FEATURES: u64 = bit(VIRTIO_F_VERSION_1)
     | bit(VIRTIO_NET_F_MAC)
     | bit(VIRTIO_NET_F_STATUS);
 
-/// `struct virtio_net_config` up to `max_virtqueue_pairs`.
-const CONFIG_LEN: usize = 10;
+/// The guest's virtio-net header: virtio 1.x has `struct virtio_net_hdr_v1` with
+/// num_buffers; legacy without MRG_RXBUF the 10-byte header.
+fn hdr_len(acked: u64) -> usize {
+    if acked & (bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_NET_F_MRG_RXBUF)) != 0 {
+        VNET_HDR_LEN
+    } else {
+        10
+    }
+}
+
+/// A frame refused to the guest: the port counts it dropped; why is only traced (a static
+/// kind, not a formatted error, for a path every frame can take).
+fn refuse(why: &'static str, kind: ErrorKind) -> io::Error {
+    tracing::trace!("vhost-user-net: refused a frame: {why}");
+    io::Error::from(kind)
+}
 
 pub struct NetBackend {
     port: Weak<Port>,
     switch: Weak<Switch>,
     /// The frontend's memory: the same object the daemon updates on SET_MEM_TABLE.
     mem: GuestMemoryAtomic<Mem>,
-    config: [u8; CONFIG_LEN],
-    acked: AtomicU64,
+    /// `struct virtio_net_config`: the port's MAC, link up (frontends read it with
+    /// GET_CONFIG; QEMU serves its own).
+    config: Vec<u8>,
+    /// The guest's virtio-net header length, from the acked features.
+    hdr_len: AtomicUsize,
+    /// The acked receive offloads ([`RxOffloads::bits`]), for every delivered frame.
+    offloads: AtomicU8,
     event_idx: AtomicBool,
-    /// The receive queue, seen first in the worker (the library hands vrings only there).
-    rx: Mutex<Option<Vring>>,
+    /// The receive queue, seen first in the worker (the library hands vrings only there),
+    /// then the same for the connection: set once, read by every delivery.
+    rx: OnceLock<Vring>,
     /// The transmit buffer of the worker thread.
     scratch: Mutex<Vec<u8>>,
 }
@@ -75,86 +96,45 @@ impl NetBackend {
         mac: [u8; 6],
         mem: GuestMemoryAtomic<Mem>,
     ) -> Self {
-        let mut config = [0u8; CONFIG_LEN];
-        config[..6].copy_from_slice(&mac);
-        config[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
-        config[8..10].copy_from_slice(&1u16.to_le_bytes());
         NetBackend {
             port,
             switch,
             mem,
-            config,
-            acked: AtomicU64::new(0),
+            config: config_space(&mac),
+            hdr_len: AtomicUsize::new(hdr_len(0)),
+            offloads: AtomicU8::new(RxOffloads::default().bits()),
             event_idx: AtomicBool::new(false),
-            rx: Mutex::new(None),
+            rx: OnceLock::new(),
             scratch: Mutex::new(Vec::new()),
         }
-    }
-
-    /// The epoll data of the session's stop event: the first value past those the library
-    /// reserves (queues, and its own exit event).
-    pub fn stop_event(&self) -> u64 {
-        NUM_QUEUES as u64 + 1
-    }
-
-    fn hdr_len(&self) -> usize {
-        // virtio 1.x: `struct virtio_net_hdr_v1` with num_buffers; legacy without
-        // MRG_RXBUF: the 10-byte header.
-        let acked = self.acked.load(Relaxed);
-        if acked & (bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_NET_F_MRG_RXBUF)) != 0 {
-            VNET_HDR_LEN
-        } else {
-            10
-        }
-    }
-
-    /// Whether the guest can take a frame with this virtio-net header: a segmentation or
-    /// partial checksum it did not negotiate cannot be handed to it.
-    fn accepts(&self, hdr: &[u8]) -> bool {
-        let acked = self.acked.load(Relaxed);
-        let flags = hdr.first().copied().unwrap_or(0);
-        let gso = hdr.get(1).copied().unwrap_or(0);
-        if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM as u8 != 0
-            && acked & bit(VIRTIO_NET_F_GUEST_CSUM) == 0
-        {
-            return false;
-        }
-        let needed = match u32::from(gso & !(VIRTIO_NET_HDR_GSO_ECN as u8)) {
-            VIRTIO_NET_HDR_GSO_NONE => 0,
-            VIRTIO_NET_HDR_GSO_TCPV4 => bit(VIRTIO_NET_F_GUEST_TSO4),
-            VIRTIO_NET_HDR_GSO_TCPV6 => bit(VIRTIO_NET_F_GUEST_TSO6),
-            _ => return false,
-        };
-        let ecn = if u32::from(gso) & VIRTIO_NET_HDR_GSO_ECN != 0 {
-            bit(VIRTIO_NET_F_GUEST_ECN)
-        } else {
-            0
-        };
-        acked & (needed | ecn) == needed | ecn
     }
 
     /// Puts a frame (the switch's packet, in pieces) into the guest's next receive chain
     /// and interrupts it. Never waits for the guest: no buffer, no frame.
     pub fn deliver(&self, parts: &[&[u8]]) -> io::Result<usize> {
-        let refuse = |why: &str| Err(io::Error::other(why.to_string()));
-        if !self.accepts(parts.first().copied().unwrap_or(&[])) {
-            return refuse("the guest did not negotiate the frame's offloads");
-        }
-        let rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(vring) = rx.as_ref() else {
-            return refuse("the guest's receive queue is not set up");
+        let offloads = RxOffloads::from_bits(self.offloads.load(Relaxed));
+        let packet =
+            RxPacket::new(parts, offloads).map_err(|why| refuse(why, ErrorKind::Unsupported))?;
+        let Some(vring) = self.rx.get() else {
+            return Err(refuse(
+                "the guest's receive queue is not set up",
+                ErrorKind::NotConnected,
+            ));
         };
         let mem = self.mem.memory();
         let mut state = vring.get_mut();
         if !state.is_enabled() {
-            return refuse("the guest's receive queue is disabled");
+            return Err(refuse(
+                "the guest's receive queue is disabled",
+                ErrorKind::NotConnected,
+            ));
         }
         let queue = state.get_queue_mut();
         let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
-            return refuse("no receive buffer");
+            return Err(refuse("no receive buffer", ErrorKind::WouldBlock));
         };
         let head = chain.head_index();
-        let result = scatter(&mem, chain, self.hdr_len(), parts);
+        let result = scatter(&mem, chain, self.hdr_len.load(Relaxed), &packet);
         // A chain we could not fill goes back empty, or the guest would wait for it forever.
         let used = *result.as_ref().unwrap_or(&0);
         if let Err(e) = queue.add_used(&*mem, head, used) {
@@ -170,7 +150,7 @@ impl NetBackend {
         }
         match result {
             Ok(n) => Ok(n as usize),
-            Err(why) => refuse(why),
+            Err(why) => Err(refuse(why, ErrorKind::InvalidData)),
         }
     }
 
@@ -183,7 +163,7 @@ impl NetBackend {
         let mem = self.mem.memory();
         let mut buf = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let event_idx = self.event_idx.load(Relaxed);
-        let hdr_len = self.hdr_len();
+        let hdr_len = self.hdr_len.load(Relaxed);
         let mut idle_rounds = 0;
         loop {
             if event_idx {
@@ -270,13 +250,15 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn acked_features(&self, features: u64) {
-        self.acked.store(features, Relaxed);
+        self.hdr_len.store(hdr_len(features), Relaxed);
+        self.offloads
+            .store(RxOffloads::from_features(features).bits(), Relaxed);
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        // The library adds REPLY_ACK; the configuration space is the frontend's (QEMU
-        // serves the MAC and link status itself).
-        VhostUserProtocolFeatures::empty()
+        // The library adds REPLY_ACK. CONFIG: Vireo's frontend reads the port's MAC with
+        // GET_CONFIG (QEMU does not ack it for a net device, and serves its own).
+        VhostUserProtocolFeatures::CONFIG
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -284,16 +266,7 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let size = size.min(vhost::vhost_user::message::VHOST_USER_CONFIG_SIZE) as usize;
-        (0..size)
-            .map(|i| {
-                (offset as usize)
-                    .checked_add(i)
-                    .and_then(|at| self.config.get(at))
-                    .copied()
-                    .unwrap_or(0)
-            })
-            .collect()
+        config_slice(&self.config, offset, size)
     }
 
     fn set_config(&self, _offset: u32, _buf: &[u8]) -> io::Result<()> {
@@ -306,12 +279,6 @@ impl VhostUserBackend for NetBackend {
         Ok(())
     }
 
-    fn queues_per_thread(&self) -> Vec<u64> {
-        // One worker for both queues: it sees both vrings, and the receive one is kept for
-        // the switch's deliveries.
-        vec![0b11]
-    }
-
     fn handle_event(
         &self,
         device_event: u16,
@@ -320,13 +287,13 @@ impl VhostUserBackend for NetBackend {
         _thread_id: usize,
     ) -> io::Result<()> {
         // An error ends the worker: that is how it is stopped.
-        if u64::from(device_event) == self.stop_event() {
+        if u64::from(device_event) == stop_event(NUM_QUEUES) {
             return Err(io::Error::other("the session is over"));
         }
-        {
-            let mut rx = self.rx.lock().unwrap_or_else(|e| e.into_inner());
-            if rx.is_none() {
-                *rx = vrings.get(RX).cloned();
+        // The library's default gives both queues to one worker, which so sees both vrings.
+        if self.rx.get().is_none() {
+            if let Some(rx) = vrings.get(RX) {
+                let _ = self.rx.set(rx.clone());
             }
         }
         if !evset.contains(EventSet::IN) {

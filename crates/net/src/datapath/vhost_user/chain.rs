@@ -6,7 +6,7 @@
 //! length is bounded before anything is copied; a bad chain costs the guest its frame,
 //! never the service.
 
-use vireo_virtio::net::{MAX_PACKET_LEN, VNET_HDR_LEN};
+use vireo_virtio::net::{RxOffloads, MAX_PACKET_LEN, VNET_HDR_LEN};
 use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -66,42 +66,68 @@ where
     Ok(at)
 }
 
-/// Writes `parts` (the switch's packet: a 12-byte header then the frame, possibly in
-/// pieces) into a receive chain, the header cut to the guest's `hdr_len` and its
-/// `num_buffers` set to 1 (one chain per frame: MRG_RXBUF is not offered). Returns the
-/// bytes written, the used length.
+/// The switch's packet as it goes to the guest: its header, made what the driver accepted
+/// and with `num_buffers` 1 (one chain per frame: MRG_RXBUF is not offered), and the frame
+/// after it, in the pieces the switch handed over.
+pub struct RxPacket<'a> {
+    hdr: [u8; VNET_HDR_LEN],
+    parts: &'a [&'a [u8]],
+    frame_len: usize,
+}
+
+impl<'a> RxPacket<'a> {
+    /// `parts`: a 12-byte header then the frame, the header possibly itself in pieces.
+    /// Refused if it is shorter than its header, or its offloads are not the driver's.
+    pub fn new(parts: &'a [&'a [u8]], offloads: RxOffloads) -> Result<Self, &'static str> {
+        let mut hdr = [0u8; VNET_HDR_LEN];
+        let mut got = 0;
+        let mut len = 0usize;
+        for p in parts {
+            let take = (VNET_HDR_LEN - got).min(p.len());
+            hdr[got..got + take].copy_from_slice(&p[..take]);
+            got += take;
+            len = len.saturating_add(p.len());
+        }
+        if got < VNET_HDR_LEN {
+            return Err("a packet shorter than its header");
+        }
+        if !offloads.fix_header(&mut hdr) {
+            return Err("the guest did not negotiate the frame's offloads");
+        }
+        hdr[10..12].copy_from_slice(&1u16.to_le_bytes());
+        Ok(RxPacket {
+            hdr,
+            parts,
+            frame_len: len - VNET_HDR_LEN,
+        })
+    }
+
+    /// The frame: `parts` past the header's bytes.
+    fn frame(&self) -> impl Iterator<Item = &'a [u8]> {
+        let mut skip = VNET_HDR_LEN;
+        self.parts.iter().filter_map(move |p| {
+            let take = skip.min(p.len());
+            skip -= take;
+            p.get(take..).filter(|rest| !rest.is_empty())
+        })
+    }
+}
+
+/// Writes `packet` into a receive chain, its header cut to the guest's `hdr_len`. Returns
+/// the bytes written, the used length.
 pub fn scatter<M>(
     mem: &Mem,
     chain: DescriptorChain<M>,
     hdr_len: usize,
-    parts: &[&[u8]],
+    packet: &RxPacket,
 ) -> Result<u32, &'static str>
 where
     M: std::ops::Deref,
     M::Target: vm_memory::GuestMemory,
 {
-    let mut hdr = [0u8; VNET_HDR_LEN];
-    let mut rest: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
-    // The header may itself be split over parts: take its bytes first.
-    let mut need = VNET_HDR_LEN;
-    for p in parts {
-        let take = need.min(p.len());
-        if take > 0 {
-            let from = VNET_HDR_LEN - need;
-            hdr[from..from + take].copy_from_slice(&p[..take]);
-            need -= take;
-        }
-        if p.len() > take {
-            rest.push(&p[take..]);
-        }
-    }
-    if need > 0 {
-        return Err("a packet shorter than its header");
-    }
-    hdr[10..12].copy_from_slice(&1u16.to_le_bytes());
-    let head: &[u8] = &hdr[..hdr_len.min(VNET_HDR_LEN)];
-    let total: usize = head.len() + rest.iter().map(|r| r.len()).sum::<usize>();
-    let mut src = std::iter::once(head).chain(rest.iter().copied());
+    let head: &[u8] = &packet.hdr[..hdr_len.min(VNET_HDR_LEN)];
+    let total = head.len() + packet.frame_len;
+    let mut src = std::iter::once(head).chain(packet.frame());
     let mut cur: &[u8] = src.next().unwrap_or(&[]);
     let mut written = 0usize;
     for d in chain {

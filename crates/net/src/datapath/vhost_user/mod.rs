@@ -23,11 +23,11 @@ use backend::NetBackend;
 use std::io;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use vhost_user_backend::ShutdownHandle;
 use vireo_http::{wake_accept, SocketPath};
+use vireo_virtio::vhost_user::session::Control;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 pub struct VhostUserLink {
@@ -39,9 +39,8 @@ pub struct VhostUserLink {
     wake: UnixListener,
     /// The MAC the device's configuration space reports.
     mac: [u8; 6],
-    stopping: AtomicBool,
-    /// Ends the current connection.
-    conn: Mutex<Option<ShutdownHandle>>,
+    /// Stops the accept loop and ends the current connection.
+    control: Control,
     /// The connected frontend's device, for the frames the switch sends to the guest.
     current: RwLock<Option<Arc<NetBackend>>>,
     connections: AtomicU64,
@@ -57,8 +56,7 @@ impl VhostUserLink {
             listener: Mutex::new(Some(listener)),
             wake,
             mac,
-            stopping: AtomicBool::new(false),
-            conn: Mutex::new(None),
+            control: Control::default(),
             current: RwLock::new(None),
             connections: AtomicU64::new(0),
         })
@@ -86,16 +84,14 @@ impl VhostUserLink {
         let current = self.current.read().unwrap_or_else(|e| e.into_inner());
         match current.as_ref() {
             Some(b) => b.deliver(parts),
-            None => Err(io::Error::other("no frontend connected")),
+            // A static kind: every frame the switch floods here takes this path.
+            None => Err(io::Error::from(io::ErrorKind::NotConnected)),
         }
     }
 
     /// Ends the connection and the accept loop.
     pub fn stop(&self) {
-        self.stopping.store(true, Relaxed);
-        if let Some(c) = self.conn.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            c.shutdown();
-        }
+        self.control.stop();
         wake_accept(&self.wake);
     }
 
@@ -111,11 +107,11 @@ impl VhostUserLink {
             return;
         };
         let name = &port.config.name;
-        while !self.stopping.load(Relaxed) {
+        while !self.control.stopping() {
             let frontend = match listener.accept() {
                 Ok((s, _)) => s,
                 Err(e) => {
-                    if !self.stopping.load(Relaxed) {
+                    if !self.control.stopping() {
                         tracing::warn!("port {name}: vhost-user accept failed: {e}");
                         if port.stopped_within(Duration::from_millis(100)) {
                             return;
@@ -146,24 +142,16 @@ impl VhostUserLink {
                 }
                 continue;
             }
-            {
-                let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-                if self.stopping.load(Relaxed) {
-                    if let Some(c) = session.daemon.shutdown_handle() {
-                        c.shutdown();
-                    }
-                    drop(conn);
-                    let _ = session.daemon.wait();
-                    return;
-                }
-                *conn = session.daemon.shutdown_handle();
+            if !self.control.set_conn(session.daemon.shutdown_handle()) {
+                let _ = session.daemon.wait();
+                return;
             }
             *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(backend);
             self.connections.fetch_add(1, Relaxed);
             tracing::info!("port {name}: vhost-user frontend connected");
             session.serve(&format!("port {name}"));
             *self.current.write().unwrap_or_else(|e| e.into_inner()) = None;
-            *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            self.control.set_conn(None);
         }
     }
 }
@@ -183,7 +171,6 @@ fn session(
         link.mac,
         mem.clone(),
     ));
-    let stop_event = backend.stop_event();
-    let session = Session::new("vhost-user-net", backend.clone(), mem, stop_event)?;
+    let session = Session::new("vhost-user-net", backend.clone(), mem)?;
     Ok((session, backend))
 }

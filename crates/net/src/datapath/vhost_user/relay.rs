@@ -15,20 +15,23 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
+use vhost::vhost_user::message::{
+    FrontendReq, VhostUserHeaderFlag, MAX_ATTACHED_FD_ENTRIES as MAX_FDS,
+    MAX_MSG_SIZE as MAX_PAYLOAD,
+};
+use vhost::vhost_user::VhostUserVirtioFeatures;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
+/// request, flags, size (the crate's header type is not public).
 const HEADER_LEN: usize = 12;
-/// The largest payload a vhost-user message may carry (`MAX_MSG_SIZE` of the protocol).
-const MAX_PAYLOAD: usize = 0x1000;
-/// File descriptors accepted per message (the protocol's `MAX_ATTACHED_FD_ENTRIES`).
-const MAX_FDS: usize = 32;
-
-const SET_FEATURES: u32 = 2;
-const SET_VRING_ENABLE: u32 = 18;
+const SET_FEATURES: u32 = FrontendReq::SET_FEATURES as u32;
+const SET_VRING_ENABLE: u32 = FrontendReq::SET_VRING_ENABLE as u32;
+/// The protocol's version, 1, in the flags (the crate's `VhostUserHeaderFlag::VERSION` is
+/// the field's mask).
 const VERSION: u32 = 0x1;
-const REPLY: u32 = 0x4;
-const NEED_REPLY: u32 = 0x8;
-const PROTOCOL_FEATURES: u64 = 1 << 30;
+const REPLY: u32 = VhostUserHeaderFlag::REPLY.bits();
+const NEED_REPLY: u32 = VhostUserHeaderFlag::NEED_REPLY.bits();
+const PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
 /// Rings whose early enable state is kept (virtio-net without multiqueue has two).
 const MAX_HELD_RINGS: usize = 64;
 

@@ -1,8 +1,9 @@
 //! Ordinary and hostile chains through `chain`, built with virtio-queue's mock split queue
 //! in real guest memory.
 
-use super::chain::{gather, scatter, Mem};
-use vireo_virtio::net::{MAX_PACKET_LEN, VNET_HDR_LEN};
+use super::chain::{gather, scatter, Mem, RxPacket};
+use vireo_virtio::net::{RxOffloads, MAX_PACKET_LEN, VNET_HDR_LEN};
+use virtio_bindings::virtio_net::*;
 use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
@@ -134,7 +135,8 @@ fn a_frame_is_scattered_over_receive_buffers_with_one_buffer_counted() {
         .unwrap();
     // The switch hands the packet in pieces (e.g. around a VLAN tag).
     let parts: [&[u8]; 3] = [&p[..5], &p[5..100], &p[100..]];
-    let n = scatter(&m, chain, VNET_HDR_LEN, &parts).unwrap() as usize;
+    let packet = RxPacket::new(&parts, RxOffloads::default()).unwrap();
+    let n = scatter(&m, chain, VNET_HDR_LEN, &packet).unwrap() as usize;
     assert_eq!(n, p.len());
     let mut out = vec![0u8; n];
     m.read_slice(&mut out[..12], GuestAddress(0x10_0000))
@@ -164,7 +166,66 @@ fn hostile_receive_chains_are_refused() {
     ];
     for (what, descs) in cases {
         let chain = q.build_desc_chain(&descs).unwrap();
-        let r = scatter(&m, chain, VNET_HDR_LEN, &[&p]);
+        let r = scatter(
+            &m,
+            chain,
+            VNET_HDR_LEN,
+            &RxPacket::new(&[&p], RxOffloads::default()).unwrap(),
+        );
         assert!(r.is_err(), "{what}: {r:?}");
     }
+}
+
+/// A tap's header with DATA_VALID, split over the first parts as the switch may hand it.
+fn valid_packet(flags: u8, gso: u8) -> Vec<u8> {
+    let mut p = packet(100);
+    p[0] = flags;
+    p[1] = gso;
+    p
+}
+
+#[test]
+fn a_guest_without_guest_csum_gets_zero_flags() {
+    let m = mem();
+    let q = MockSplitQueue::new(&m, 16);
+    let p = valid_packet(VIRTIO_NET_HDR_F_DATA_VALID as u8, 0);
+    let parts: [&[u8]; 2] = [&p[..1], &p[1..]];
+    let chain = q.build_desc_chain(&[d(0x10_0000, 4096, W)]).unwrap();
+    let packet = RxPacket::new(&parts, RxOffloads::default()).unwrap();
+    let n = scatter(&m, chain, VNET_HDR_LEN, &packet).unwrap() as usize;
+    assert_eq!(n, p.len());
+    let mut out = vec![0u8; n];
+    m.read_slice(&mut out, GuestAddress(0x10_0000)).unwrap();
+    assert_eq!(
+        out[0], 0,
+        "DATA_VALID does not reach a driver without GUEST_CSUM"
+    );
+    assert_eq!(&out[12..], &p[12..]);
+
+    // With GUEST_CSUM it does.
+    let chain = q.build_desc_chain(&[d(0x20_0000, 4096, W)]).unwrap();
+    let csum = RxOffloads::from_features(1 << VIRTIO_NET_F_GUEST_CSUM);
+    let packet = RxPacket::new(&parts, csum).unwrap();
+    scatter(&m, chain, VNET_HDR_LEN, &packet).unwrap();
+    m.read_slice(&mut out[..1], GuestAddress(0x20_0000))
+        .unwrap();
+    assert_eq!(out[0], VIRTIO_NET_HDR_F_DATA_VALID as u8);
+}
+
+#[test]
+fn offloads_the_guest_did_not_accept_and_short_packets_are_refused() {
+    let csum = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
+    let tso4 = VIRTIO_NET_HDR_GSO_TCPV4 as u8;
+    let p = valid_packet(csum, 0);
+    assert!(RxPacket::new(&[&p], RxOffloads::default()).is_err());
+    let p = valid_packet(csum, tso4);
+    let only_csum = RxOffloads::from_features(1 << VIRTIO_NET_F_GUEST_CSUM);
+    assert!(RxPacket::new(&[&p], only_csum).is_err());
+    let tso =
+        RxOffloads::from_features((1 << VIRTIO_NET_F_GUEST_CSUM) | (1 << VIRTIO_NET_F_GUEST_TSO4));
+    assert!(RxPacket::new(&[&p], tso).is_ok());
+    assert!(
+        RxPacket::new(&[&p[..5], &p[5..11]], tso).is_err(),
+        "shorter than a header"
+    );
 }
