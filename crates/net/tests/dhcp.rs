@@ -239,3 +239,43 @@ fn a_flood_of_discovers_exhausts_offers_not_memory_nor_leases() {
     // The leased client keeps its address through the flood.
     assert_eq!(udhcpc(&ns, &dir, &t)["ip"], mine["ip"]);
 }
+
+#[test]
+fn a_network_delete_that_cannot_be_saved_keeps_its_dhcp_server_and_leases() {
+    use vireo_net::datapath::dhcp::pool::Lease;
+    use vireo_net::service::config::NetworkSpec;
+    use vireo_net::service::Net;
+
+    let dir = Dir::new("undo");
+    let dp = Datapath::new();
+    let net = Net::restore(dp.clone(), dir.0.join("net.json")).unwrap();
+    net.create_network(&NetworkSpec {
+        name: "undo".into(),
+        vlan: None,
+        subnet: Some("10.77.0.0/24".into()),
+        gateway: Some("10.77.0.1".into()),
+        dhcp: Some("10.77.0.10-10.77.0.20".into()),
+    })
+    .unwrap();
+    let lease = Lease {
+        ip: Ipv4Addr::new(10, 77, 0, 12),
+        client: "mac:52:54:00:77:00:12".into(),
+        mac: "52:54:00:77:00:12".into(),
+        hostname: None,
+        expires: u64::MAX / 2,
+    };
+    dp.dhcp("undo").unwrap().restore_leases(vec![lease.clone()]);
+
+    // The save's temporary file cannot be created: the delete fails and is undone.
+    let tmp = dir.0.join("net.json.tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    assert!(net.delete_network("undo").is_err());
+    let srv = dp.dhcp("undo").expect("the DHCP server is back");
+    assert_eq!(srv.config().first, Ipv4Addr::new(10, 77, 0, 10));
+    assert_eq!(srv.leases(), vec![lease], "with its leases");
+    assert!(net.network("undo").is_ok());
+
+    std::fs::remove_dir(&tmp).unwrap();
+    net.delete_network("undo").unwrap();
+    assert!(dp.dhcp("undo").is_err());
+}

@@ -5,10 +5,10 @@
 //! it.
 
 use super::validate::{self, Cidr};
+use crate::datapath::dhcp::store::write_json_atomic;
 use crate::datapath::{Addressing, PortConfig, PortVlan, QosConfig};
 use crate::error::{NetError, Result};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::Path;
 
 /// The file's name inside the state directory.
@@ -128,27 +128,7 @@ impl NetState {
     /// Write to a temporary file, sync, rename over the old one: a crash leaves either the
     /// old state or the new one, never half of one.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let io = |what: &str| {
-            let context = format!("{what} {}", path.display());
-            move |source| NetError::Io { context, source }
-        };
-        let tmp = path.with_extension("json.tmp");
-        let mut text = serde_json::to_vec_pretty(self).map_err(|e| NetError::Io {
-            context: "encoding the network state".into(),
-            source: e.into(),
-        })?;
-        text.push(b'\n');
-        let mut f = std::fs::File::create(&tmp).map_err(io("creating a temporary for"))?;
-        f.write_all(&text).map_err(io("writing"))?;
-        f.sync_all().map_err(io("syncing"))?;
-        std::fs::rename(&tmp, path).map_err(io("replacing"))?;
-        if let Some(dir) = path.parent() {
-            // The rename itself is durable once the directory is synced.
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
-        Ok(())
+        write_json_atomic(path, self)
     }
 
     pub fn network(&self, name: &str) -> Result<&NetworkSpec> {

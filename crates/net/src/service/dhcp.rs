@@ -5,7 +5,9 @@
 //! time), kept in net.json (`dhcp_options`).
 
 use super::config::{NetState, NetworkSpec};
-use super::{Control, Net};
+use super::validate::{self, Cidr};
+use super::Net;
+use crate::datapath::dhcp::pool::Lease;
 use crate::datapath::dhcp::{store::LEASES_FILE, unix_now, DhcpConfig, DEFAULT_LEASE_SECS};
 use crate::datapath::Datapath;
 use crate::error::{NetError, Result};
@@ -34,14 +36,10 @@ pub(super) fn config(n: &NetworkSpec, opts: Option<&DhcpOptions>) -> Result<Opti
     let Some(range) = &n.dhcp else {
         return Ok(None);
     };
-    let bad = || {
-        NetError::Invalid(format!(
-            "bad DHCP range {range:?}: use IPv4 FIRST-LAST like 10.0.1.100-10.0.1.200"
-        ))
-    };
-    let (a, b) = range.split_once([',', '-']).ok_or_else(bad)?;
-    let first: Ipv4Addr = a.trim().parse().map_err(|_| bad())?;
-    let last: Ipv4Addr = b.trim().parse().map_err(|_| bad())?;
+    let subnet = n.subnet.as_deref().ok_or_else(|| {
+        NetError::Invalid("a DHCP range needs a subnet: add --subnet CIDR".into())
+    })?;
+    let (first, last) = validate::dhcp_range(&Cidr::parse(subnet)?, range)?;
     let opts = opts.cloned().unwrap_or_default();
     let lease_secs = opts.lease_secs.unwrap_or(DEFAULT_LEASE_SECS);
     if !LEASE_SECS.contains(&lease_secs) {
@@ -94,6 +92,24 @@ pub(super) fn restore(dp: &Datapath, state_file: &Path, saved: &NetState) {
     }
 }
 
+/// Undoes the removal of network `n` (added again to the datapath): its server, with
+/// `opts` and the `leases` it had (removing the network forgot them). Failures are logged:
+/// this runs after another failure, which is the one reported.
+pub(super) fn undo_remove(
+    dp: &Datapath,
+    n: &NetworkSpec,
+    opts: Option<&DhcpOptions>,
+    leases: Vec<Lease>,
+) {
+    if let Err(e) = apply_with(dp, n, opts) {
+        tracing::error!("network {}: restoring the DHCP server: {e}", n.name);
+        return;
+    }
+    if let Ok(srv) = dp.dhcp(&n.name) {
+        srv.restore_leases(leases);
+    }
+}
+
 /// The leases of network `name`'s server, for display: live ones with their seconds left.
 pub(super) fn info(dp: &Datapath, name: &str) -> Option<Value> {
     let srv = dp.dhcp(name).ok()?;
@@ -131,8 +147,7 @@ impl Net {
 
     /// `PUT /api/v1/networks/NET/dhcp`: replaces the server's options (its leases stay).
     pub fn set_dhcp_options(&self, name: &str, opts: &DhcpOptions) -> Result<Value> {
-        let mut c: std::sync::MutexGuard<'_, Control> =
-            self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.control();
         let n = c.saved.network(name)?.clone();
         if n.dhcp.is_none() {
             return Err(NetError::Conflict(format!(
@@ -147,11 +162,9 @@ impl Net {
         } else {
             next.dhcp_options.insert(name.to_string(), opts.clone());
         }
-        if let Err(e) = next.save(&self.file) {
+        self.commit(&mut c, next, || {
             let _ = apply_with(&self.datapath, &n, old.as_ref());
-            return Err(e);
-        }
-        c.saved = next;
+        })?;
         tracing::info!("dhcp {name}: options {opts:?}");
         Ok(info(&self.datapath, name).unwrap_or_default())
     }

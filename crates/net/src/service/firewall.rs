@@ -10,11 +10,11 @@
 use super::api::body;
 use super::config::NetState;
 use super::{Control, Net};
-use crate::datapath::firewall::flowlog::proto_name;
 use crate::datapath::firewall::rules::{
     parse_cidr, parse_ports, Action, Direction, Proto, RuleConfig, Target,
 };
 use crate::datapath::firewall::RuleHits;
+use crate::datapath::packet::proto_name;
 use crate::datapath::Datapath;
 use crate::error::{NetError, Result};
 use serde::{Deserialize, Serialize};
@@ -217,10 +217,6 @@ pub(super) fn methods(s: &[&str]) -> &'static [&'static str] {
 }
 
 impl Net {
-    fn fw_lock(&self) -> std::sync::MutexGuard<'_, Control> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Applies `next` to the datapath, then saves it; on failure the datapath gets the
     /// saved rules back.
     fn fw_commit(&self, c: &mut Control, next: NetState) -> Result<()> {
@@ -244,7 +240,7 @@ impl Net {
     }
 
     pub fn firewall_rules(&self) -> Value {
-        let c = self.fw_lock();
+        let c = self.control();
         let hits = self.datapath.firewall_hits();
         json!(c
             .saved
@@ -256,14 +252,14 @@ impl Net {
     }
 
     pub fn firewall_rule(&self, id: u64) -> Result<Value> {
-        let c = self.fw_lock();
+        let c = self.control();
         let r = c.saved.firewall.rules.iter().find(|r| r.id == id);
         r.map(|r| self.rule_json(r, &self.datapath.firewall_hits()))
             .ok_or_else(|| NetError::NotFound(format!("no firewall rule {id}")))
     }
 
     pub fn add_firewall_rule(&self, new: NewRule) -> Result<Value> {
-        let mut c = self.fw_lock();
+        let mut c = self.control();
         let st = &c.saved;
         let (network, port) = match (new.target, new.network, new.port) {
             (None, Some(n), None) => (Some(st.network(&n)?.name.clone()), None),
@@ -321,7 +317,7 @@ impl Net {
     }
 
     pub fn delete_firewall_rule(&self, id: u64) -> Result<()> {
-        let mut c = self.fw_lock();
+        let mut c = self.control();
         if !c.saved.firewall.rules.iter().any(|r| r.id == id) {
             return Err(NetError::NotFound(format!("no firewall rule {id}")));
         }
@@ -333,7 +329,7 @@ impl Net {
     }
 
     pub fn firewall_defaults(&self) -> Value {
-        let c = self.fw_lock();
+        let c = self.control();
         let deny = &c.saved.firewall.deny_default;
         json!(c
             .saved
@@ -347,7 +343,7 @@ impl Net {
     }
 
     pub fn set_firewall_default(&self, network: &str, action: Action) -> Result<Value> {
-        let mut c = self.fw_lock();
+        let mut c = self.control();
         c.saved.network(network)?;
         let mut next = c.saved.clone();
         next.firewall.deny_default.retain(|n| n != network);

@@ -3,7 +3,7 @@
 
 use super::api::body;
 use super::config::NetState;
-use super::{validate, Control, Net};
+use super::{validate, Net};
 use crate::datapath::lb::{Affinity, Algorithm, LbConfig, LbInfo, Proto};
 use crate::datapath::Datapath;
 use crate::error::{NetError, Result};
@@ -190,22 +190,8 @@ fn info_json(i: &LbInfo, spec: Option<&LbSpec>) -> Value {
 }
 
 impl Net {
-    fn lb_lock(&self) -> std::sync::MutexGuard<'_, Control> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Saves `next`, or runs `undo` on the datapath and reports why.
-    fn lb_commit(&self, c: &mut Control, next: NetState, undo: impl FnOnce()) -> Result<()> {
-        if let Err(e) = next.save(&self.file) {
-            undo();
-            return Err(e);
-        }
-        c.saved = next;
-        Ok(())
-    }
-
     pub fn lbs(&self) -> Value {
-        let c = self.lb_lock();
+        let c = self.control();
         json!(self
             .datapath
             .lb_infos()
@@ -215,13 +201,13 @@ impl Net {
     }
 
     pub fn lb(&self, name: &str) -> Result<Value> {
-        let c = self.lb_lock();
+        let c = self.control();
         let spec = c.saved.lbs.iter().find(|l| l.name == name);
         Ok(info_json(&self.datapath.lb_info(name)?, spec))
     }
 
     pub fn create_lb(&self, spec: &LbSpec) -> Result<Value> {
-        let mut c = self.lb_lock();
+        let mut c = self.control();
         let cfg = spec.config()?;
         c.saved.network(&spec.network)?;
         if c.saved.lbs.iter().any(|l| l.name == spec.name) {
@@ -233,7 +219,7 @@ impl Net {
         self.datapath.add_lb(cfg)?;
         let mut next = c.saved.clone();
         next.lbs.push(spec.clone());
-        self.lb_commit(&mut c, next, || {
+        self.commit(&mut c, next, || {
             let _ = self.datapath.remove_lb(&spec.name);
         })?;
         tracing::info!("created load balancer {}", spec.name);
@@ -241,7 +227,7 @@ impl Net {
     }
 
     pub fn delete_lb(&self, name: &str) -> Result<()> {
-        let mut c = self.lb_lock();
+        let mut c = self.control();
         let spec = c
             .saved
             .lbs
@@ -256,7 +242,7 @@ impl Net {
         }
         let mut next = c.saved.clone();
         next.lbs.retain(|l| l.name != name);
-        self.lb_commit(&mut c, next, || {
+        self.commit(&mut c, next, || {
             if let Ok(cfg) = spec.config() {
                 let _ = self.datapath.add_lb(cfg);
             }
@@ -267,7 +253,7 @@ impl Net {
 
     /// Adds (`add`) or removes a backend.
     pub fn lb_backend(&self, name: &str, backend: &str, add: bool) -> Result<Value> {
-        let mut c = self.lb_lock();
+        let mut c = self.control();
         let Some(i) = c.saved.lbs.iter().position(|l| l.name == name) else {
             return Err(NetError::NotFound(format!(
                 "no load balancer named {name:?}"
@@ -285,7 +271,7 @@ impl Net {
                 .retain(|s| s.parse::<SocketAddrV4>().ok() != Some(b));
         }
         let spec = spec.clone();
-        self.lb_commit(&mut c, next, || {
+        self.commit(&mut c, next, || {
             let _ = if add {
                 self.datapath.lb_remove_backend(name, b)
             } else {

@@ -1,5 +1,6 @@
 //! `GET /metrics`: the per-port counters in the Prometheus text exposition format
-//! (version 0.0.4), labelled by port, network and tap.
+//! (version 0.0.4), labelled by port, network and tap (a vhost-user port: its socket,
+//! `vhost_user="PATH"`).
 
 use super::config::PortSpec;
 use crate::datapath::PortStats;
@@ -44,17 +45,27 @@ pub fn render(ports: &[(PortSpec, PortStats)]) -> String {
         let _ = writeln!(out, "# HELP {metric} {help}");
         let _ = writeln!(out, "# TYPE {metric} counter");
         for (p, s) in ports {
+            let (link, name) = link(p);
             let _ = writeln!(
                 out,
-                "{metric}{{port=\"{}\",network=\"{}\",tap=\"{}\"}} {}",
+                "{metric}{{port=\"{}\",network=\"{}\",{link}=\"{}\"}} {}",
                 label(&p.name),
                 label(&p.network),
-                label(&p.tap),
+                label(name),
                 field(s)
             );
         }
     }
     out
+}
+
+/// What carries the port's frames, as a label or JSON key and its value: a tap's name, or
+/// a vhost-user port's socket (its `tap` is empty).
+pub(super) fn link(p: &PortSpec) -> (&'static str, &str) {
+    match &p.vhost_user {
+        Some(path) => ("vhost_user", path),
+        None => ("tap", &p.tap),
+    }
 }
 
 /// Escapes a label value (names are validated, but the format's rule costs nothing).
@@ -94,5 +105,28 @@ mod tests {
             "vireo_net_port_tx_bytes_total{port=\"p1\",network=\"blue\",tap=\"vt1\"} 99\n"
         ));
         assert_eq!(label("a\"b\\"), "a\\\"b\\\\");
+    }
+
+    #[test]
+    fn a_vhost_user_port_is_labelled_by_its_socket() {
+        let p = PortSpec {
+            name: "vm1".into(),
+            network: "blue".into(),
+            tap: String::new(),
+            vhost_user: Some("/run/vm1.sock".into()),
+            mac: None,
+            vlan: None,
+            trunk: None,
+            qos: None,
+        };
+        let s = PortStats {
+            drops: 2,
+            ..Default::default()
+        };
+        let text = render(&[(p, s)]);
+        assert!(text.contains(
+            "vireo_net_port_drops_total{port=\"vm1\",network=\"blue\",vhost_user=\"/run/vm1.sock\"} 2\n"
+        ));
+        assert!(!text.contains("tap="), "{text}");
     }
 }

@@ -55,14 +55,19 @@ impl Net {
         })
     }
 
-    fn control(&self) -> MutexGuard<'_, Control> {
+    pub(super) fn control(&self) -> MutexGuard<'_, Control> {
         // A panic elsewhere must not take the API down with it: the state is only changed
         // after every fallible step, so it is consistent even then.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Saves `next`, or undoes the datapath change with `undo` and reports the failure.
-    fn commit(&self, c: &mut Control, next: NetState, undo: impl FnOnce()) -> Result<()> {
+    pub(super) fn commit(
+        &self,
+        c: &mut Control,
+        next: NetState,
+        undo: impl FnOnce(),
+    ) -> Result<()> {
         if let Err(e) = next.save(&self.file) {
             undo();
             return Err(e);
@@ -118,12 +123,26 @@ impl Net {
                 ports.join(", ")
             )));
         }
+        // Removing the network stops its DHCP server and forgets its leases: kept for the
+        // undo.
+        let leases = self
+            .datapath
+            .dhcp(name)
+            .map(|s| s.leases())
+            .unwrap_or_default();
+        let opts = c.saved.dhcp_options.get(name).cloned();
         self.datapath.remove_network(name)?;
         let mut next = c.saved.clone();
         next.networks.retain(|o| o.name != name);
         next.dhcp_options.remove(name);
         self.commit(&mut c, next, || {
-            let _ = self.datapath.add_network(&n.name, n.vlan, n.addressing());
+            if self
+                .datapath
+                .add_network(&n.name, n.vlan, n.addressing())
+                .is_ok()
+            {
+                super::dhcp::undo_remove(&self.datapath, &n, opts.as_ref(), leases);
+            }
         })?;
         tracing::info!("deleted network {name}");
         Ok(())
@@ -289,11 +308,16 @@ fn port_json(c: &Control, p: &PortSpec) -> Value {
     })
 }
 
+/// A port's counters, with its tap's name or its vhost-user socket (as `/metrics` labels
+/// them).
 pub(super) fn stats_json(p: &PortSpec, s: &PortStats) -> Value {
-    json!({
-        "port": p.name, "network": p.network, "tap": p.tap,
+    let mut v = json!({
+        "port": p.name, "network": p.network,
         "rx_packets": s.rx_packets, "rx_bytes": s.rx_bytes,
         "tx_packets": s.tx_packets, "tx_bytes": s.tx_bytes, "drops": s.drops,
         "connected": s.connected, "connections": s.connections,
-    })
+    });
+    let (link, name) = super::metrics::link(p);
+    v[link] = json!(name);
+    v
 }

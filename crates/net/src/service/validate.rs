@@ -2,7 +2,7 @@
 //! value and what would be accepted.
 
 use crate::error::{NetError, Result};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 /// Linux interface names are at most IFNAMSIZ - 1 = 15 bytes.
 pub use vireo_virtio::net::MAX_NAME_LEN as MAX_TAP_NAME;
@@ -126,8 +126,9 @@ pub fn gateway(subnet: &Cidr, gw: &str) -> Result<IpAddr> {
     Ok(ip)
 }
 
-/// A DHCP range `FIRST-LAST` (or `FIRST,LAST`) inside the subnet.
-pub fn dhcp_range(subnet: &Cidr, range: &str) -> Result<()> {
+/// A DHCP range `FIRST-LAST` (or `FIRST,LAST`) of IPv4 addresses inside the subnet: its
+/// first and last address.
+pub fn dhcp_range(subnet: &Cidr, range: &str) -> Result<(Ipv4Addr, Ipv4Addr)> {
     let bad = |why: String| {
         NetError::Invalid(format!(
             "bad DHCP range {range:?}: {why}; use FIRST-LAST like 10.0.1.100-10.0.1.200"
@@ -136,22 +137,23 @@ pub fn dhcp_range(subnet: &Cidr, range: &str) -> Result<()> {
     let (a, b) = range
         .split_once([',', '-'])
         .ok_or_else(|| bad("no separator".into()))?;
-    let parse = |s: &str| -> Result<IpAddr> {
-        let ip: IpAddr = s
+    let parse = |s: &str| -> Result<Ipv4Addr> {
+        // The server hands out IPv4 addresses only.
+        let ip: Ipv4Addr = s
             .trim()
             .parse()
-            .map_err(|_| bad(format!("{s:?} is not an IP address")))?;
-        if subnet.contains(ip) {
+            .map_err(|_| bad(format!("{s:?} is not an IPv4 address")))?;
+        if subnet.contains(IpAddr::V4(ip)) {
             Ok(ip)
         } else {
             Err(bad(format!("{ip} is outside the subnet")))
         }
     };
     let (first, last) = (parse(a)?, parse(b)?);
-    if Cidr::bits(first).1 > Cidr::bits(last).1 {
+    if first > last {
         return Err(bad("the first address is after the last".into()));
     }
-    Ok(())
+    Ok((first, last))
 }
 
 #[cfg(test)]

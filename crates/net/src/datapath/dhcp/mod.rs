@@ -20,7 +20,7 @@ pub use registry::Registry;
 
 use super::endpoint::{Ctx, NetEndpoint, Stage, Verdict};
 use super::packet::{self, Ipv4, L4};
-use super::{format_mac, frame::Frame};
+use super::{format_mac, frame::Frame, lock};
 use crate::error::{NetError, Result};
 use msg::{opt, MsgType, Request};
 use pool::{Lease, Pool, Refused};
@@ -66,39 +66,37 @@ pub struct DhcpStats {
 }
 
 #[derive(Default)]
-struct Counters([AtomicU64; 10]);
+struct Counters {
+    discovers: AtomicU64,
+    offers: AtomicU64,
+    requests: AtomicU64,
+    acks: AtomicU64,
+    naks: AtomicU64,
+    releases: AtomicU64,
+    declines: AtomicU64,
+    informs: AtomicU64,
+    exhausted: AtomicU64,
+    malformed: AtomicU64,
+}
 
-const DISCOVERS: usize = 0;
-const OFFERS: usize = 1;
-const REQUESTS: usize = 2;
-const ACKS: usize = 3;
-const NAKS: usize = 4;
-const RELEASES: usize = 5;
-const DECLINES: usize = 6;
-const INFORMS: usize = 7;
-const EXHAUSTED: usize = 8;
-const MALFORMED: usize = 9;
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Relaxed);
+}
 
 impl Counters {
-    fn bump(&self, which: usize) {
-        if let Some(c) = self.0.get(which) {
-            c.fetch_add(1, Relaxed);
-        }
-    }
-
     fn snapshot(&self) -> DhcpStats {
-        let g = |i: usize| self.0[i].load(Relaxed);
+        let g = |c: &AtomicU64| c.load(Relaxed);
         DhcpStats {
-            discovers: g(DISCOVERS),
-            offers: g(OFFERS),
-            requests: g(REQUESTS),
-            acks: g(ACKS),
-            naks: g(NAKS),
-            releases: g(RELEASES),
-            declines: g(DECLINES),
-            informs: g(INFORMS),
-            exhausted: g(EXHAUSTED),
-            malformed: g(MALFORMED),
+            discovers: g(&self.discovers),
+            offers: g(&self.offers),
+            requests: g(&self.requests),
+            acks: g(&self.acks),
+            naks: g(&self.naks),
+            releases: g(&self.releases),
+            declines: g(&self.declines),
+            informs: g(&self.informs),
+            exhausted: g(&self.exhausted),
+            malformed: g(&self.malformed),
         }
     }
 }
@@ -144,7 +142,7 @@ impl DhcpServer {
                 ep.name, cfg.first, cfg.last
             )));
         }
-        let mask = Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0));
+        let mask = Ipv4Addr::from(packet::mask(len));
         let broadcast = Ipv4Addr::from(u32::from(net) | !u32::from(mask));
         let mut excluded = vec![server, broadcast];
         if len < 31 {
@@ -173,6 +171,14 @@ impl DhcpServer {
 
     pub fn leases(&self) -> Vec<Lease> {
         lock(&self.pool).leases()
+    }
+
+    /// Takes back `leases` (those of an earlier server of the network, whose removal is
+    /// being undone), and saves them.
+    pub fn restore_leases(&self, leases: Vec<Lease>) {
+        let mut p = lock(&self.pool);
+        p.restore(leases);
+        self.persist(p.leases());
     }
 
     pub fn stats(&self) -> DhcpStats {
@@ -210,18 +216,18 @@ impl DhcpServer {
         let c = &self.counters;
         match req.ty {
             MsgType::Discover => {
-                c.bump(DISCOVERS);
+                bump(&c.discovers);
                 let offered = lock(&self.pool).offer(&client, req.requested_ip, now);
                 match offered {
                     Some(ip) => {
-                        c.bump(OFFERS);
+                        bump(&c.offers);
                         self.send(ctx, req, MsgType::Offer, ip, self.options(true));
                     }
                     None => self.exhausted(&client),
                 }
             }
             MsgType::Request => {
-                c.bump(REQUESTS);
+                bump(&c.requests);
                 if req.server_id.is_some_and(|s| s != self.server) {
                     // SELECTING, and the client chose another server's offer.
                     return lock(&self.pool).withdraw(&client);
@@ -231,7 +237,7 @@ impl DhcpServer {
                     .requested_ip
                     .or(Some(req.ciaddr).filter(|a| !a.is_unspecified()))
                 else {
-                    return c.bump(MALFORMED);
+                    return bump(&c.malformed);
                 };
                 let (mac, host) = (format_mac(&req.chaddr), req.hostname.clone());
                 let secs = u64::from(self.cfg.lease_secs);
@@ -242,13 +248,13 @@ impl DhcpServer {
                 };
                 match granted {
                     Ok(leases) => {
-                        c.bump(ACKS);
+                        bump(&c.acks);
                         self.persist(leases);
                         tracing::info!("dhcp {}: {ip} leased to {client} ({mac})", self.net);
                         self.send(ctx, req, MsgType::Ack, ip, self.options(true));
                     }
                     Err(why) => {
-                        c.bump(NAKS);
+                        bump(&c.naks);
                         let text = match why {
                             Refused::NotInRange => "address not in this network's range",
                             Refused::Taken => "address in use",
@@ -263,7 +269,7 @@ impl DhcpServer {
                 }
             }
             MsgType::Decline => {
-                c.bump(DECLINES);
+                bump(&c.declines);
                 let (Some(ip), true) = (req.requested_ip, req.server_id == Some(self.server))
                 else {
                     return;
@@ -280,7 +286,7 @@ impl DhcpServer {
                 );
             }
             MsgType::Release => {
-                c.bump(RELEASES);
+                bump(&c.releases);
                 let mut p = lock(&self.pool);
                 if p.release(&client, req.ciaddr, now) {
                     let leases = p.leases();
@@ -290,7 +296,7 @@ impl DhcpServer {
                 }
             }
             MsgType::Inform => {
-                c.bump(INFORMS);
+                bump(&c.informs);
                 if !req.ciaddr.is_unspecified() {
                     self.send(
                         ctx,
@@ -302,12 +308,12 @@ impl DhcpServer {
                 }
             }
             // Server messages: not from a client.
-            MsgType::Offer | MsgType::Ack | MsgType::Nak => c.bump(MALFORMED),
+            MsgType::Offer | MsgType::Ack | MsgType::Nak => bump(&c.malformed),
         }
     }
 
     fn exhausted(&self, client: &str) {
-        self.counters.bump(EXHAUSTED);
+        bump(&self.counters.exhausted);
         let mut last = lock(&self.exhausted_logged);
         if last.is_none_or(|t| t.elapsed() >= EXHAUSTED_LOG_EVERY) {
             *last = Some(Instant::now());
@@ -379,12 +385,8 @@ impl Stage for DhcpServer {
         match parsed {
             // Relayed requests are not served: the server is on the clients' segment.
             Some(Ok(req)) if req.giaddr.is_unspecified() => self.answer(ctx, &req),
-            _ => self.counters.bump(MALFORMED),
+            _ => bump(&self.counters.malformed),
         }
         Verdict::Consumed
     }
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

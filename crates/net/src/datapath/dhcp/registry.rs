@@ -2,8 +2,9 @@
 //! they share.
 
 use super::store::LeaseStore;
-use super::{lock, DhcpConfig, DhcpServer};
+use super::{DhcpConfig, DhcpServer};
 use crate::datapath::endpoint::{NetEndpoint, Stage};
+use crate::datapath::lock;
 use crate::datapath::Datapath;
 use crate::error::{NetError, Result};
 use std::collections::HashMap;

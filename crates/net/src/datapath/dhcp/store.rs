@@ -9,10 +9,12 @@
 //! fsync), as net.json's. Dropping the store flushes the last change.
 
 use super::pool::Lease;
+use crate::datapath::lock;
 use crate::error::{NetError, Result};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -23,7 +25,6 @@ pub const LEASES_FILE: &str = "leases.json";
 type Leases = BTreeMap<String, Vec<Lease>>;
 
 pub struct LeaseStore {
-    path: PathBuf,
     leases: Arc<Mutex<Leases>>,
     nudge: Option<SyncSender<()>>,
     writer: Option<JoinHandle<()>>,
@@ -55,7 +56,7 @@ impl LeaseStore {
             .spawn(move || {
                 while nudged.recv().is_ok() {
                     let snapshot = lock(&shared).clone();
-                    if let Err(e) = write_atomic(&file, &snapshot) {
+                    if let Err(e) = write_json_atomic(&file, &snapshot) {
                         tracing::error!("saving the DHCP leases: {e}");
                     }
                 }
@@ -65,15 +66,10 @@ impl LeaseStore {
                 source,
             })?;
         Ok(LeaseStore {
-            path: path.to_path_buf(),
             leases,
             nudge: Some(nudge),
             writer: Some(writer),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// The saved leases of network `net`.
@@ -114,14 +110,21 @@ impl Drop for LeaseStore {
     }
 }
 
-fn write_atomic(path: &Path, leases: &Leases) -> std::io::Result<()> {
+/// Writes `value` to `path` as JSON: to a temporary file, synced, renamed over the old
+/// one, and the directory synced: a crash leaves either the old file or the new one, never
+/// half of one. (net.json and leases.json.)
+pub(crate) fn write_json_atomic(path: &Path, value: &impl Serialize) -> Result<()> {
+    let io = |what: &str| {
+        let context = format!("{what} {}", path.display());
+        move |source| NetError::Io { context, source }
+    };
     let tmp = path.with_extension("json.tmp");
-    let mut text = serde_json::to_vec_pretty(leases)?;
+    let mut text = serde_json::to_vec_pretty(value).map_err(|e| io("encoding")(e.into()))?;
     text.push(b'\n');
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&text)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+    let mut f = std::fs::File::create(&tmp).map_err(io("creating a temporary for"))?;
+    f.write_all(&text).map_err(io("writing"))?;
+    f.sync_all().map_err(io("syncing"))?;
+    std::fs::rename(&tmp, path).map_err(io("replacing"))?;
     if let Some(dir) = path.parent() {
         // The rename itself is durable once the directory is synced.
         if let Ok(d) = std::fs::File::open(dir) {
@@ -129,8 +132,4 @@ fn write_atomic(path: &Path, leases: &Leases) -> std::io::Result<()> {
         }
     }
     Ok(())
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -12,6 +12,7 @@ use super::super::endpoint::{Ctx, NetEndpoint};
 use super::super::packet::{self, Ipv4, PROTO_TCP, TCP_ACK, TCP_RST, TCP_SYN};
 use super::super::switch::Switch;
 use super::LoadBalancer;
+use crate::datapath::lock;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -32,10 +33,6 @@ pub struct Probes {
     src: Ipv4Addr,
     pending: Mutex<(Pending, u16)>,
     outstanding: AtomicUsize,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Probes {

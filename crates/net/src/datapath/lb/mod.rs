@@ -24,6 +24,7 @@ pub use pool::{FALL, RISE};
 
 use super::endpoint::{Ctx, Stage, Verdict};
 use super::frame::Frame;
+use super::lock;
 use super::packet::{self, Ipv4, Side, L4, TCP_ACK, TCP_RST, TCP_SYN};
 use conns::Table;
 use serde::{Deserialize, Serialize};
@@ -111,10 +112,6 @@ pub struct LoadBalancer {
     table_full: AtomicU64,
     stray: AtomicU64,
     pub(super) probes: health::Probes,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl LoadBalancer {

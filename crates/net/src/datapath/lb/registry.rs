@@ -3,6 +3,7 @@
 
 use super::{health, LbConfig, LbInfo, LoadBalancer};
 use crate::datapath::endpoint::{NetEndpoint, Stage};
+use crate::datapath::lock;
 use crate::datapath::Datapath;
 use crate::error::{NetError, Result};
 use std::collections::BTreeMap;
@@ -44,10 +45,6 @@ fn check_backend(ep: &NetEndpoint, lb: &str, b: SocketAddrV4) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Datapath {

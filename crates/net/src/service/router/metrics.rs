@@ -55,7 +55,7 @@ impl Net {
     /// The routers' counters in the Prometheus text format (appended to `GET /metrics`).
     pub fn router_metrics(&self) -> String {
         let names: Vec<String> = self
-            .lock_state()
+            .control()
             .saved
             .routers
             .iter()

@@ -2,13 +2,12 @@
 //! routers' Prometheus counters.
 
 use super::{router_of, subnet_of, v4, v4_cidr, NatSpec, RouteSpec, RouterSpec};
-use crate::datapath::packet::{FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use crate::datapath::packet::{proto_name, FlowKey};
 use crate::error::{NetError, Result};
 use crate::service::api::body;
 use crate::service::{validate, Control, Net};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::sync::MutexGuard;
 use vireo_http::{Reply, Request};
 
 #[derive(Deserialize)]
@@ -72,15 +71,6 @@ pub(in crate::service) fn api(net: &Net, req: &Request, s: &[&str]) -> Option<Re
     })
 }
 
-fn proto_name(p: u8) -> &'static str {
-    match p {
-        PROTO_TCP => "tcp",
-        PROTO_UDP => "udp",
-        PROTO_ICMP => "icmp",
-        _ => "other",
-    }
-}
-
 fn flow_json(f: &FlowKey) -> Value {
     json!({
         "proto": proto_name(f.proto),
@@ -90,10 +80,6 @@ fn flow_json(f: &FlowKey) -> Value {
 }
 
 impl Net {
-    pub(super) fn lock_state(&self) -> MutexGuard<'_, Control> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Makes router `name` be `new` (`None`: deleted) in the datapath, then saves; if the
     /// save fails the datapath gets the old router back.
     fn change_router(&self, c: &mut Control, name: &str, new: Option<&RouterSpec>) -> Result<()> {
@@ -112,7 +98,7 @@ impl Net {
                 next.routers.retain(|o| o.name != name);
             }
         }
-        if let Err(e) = next.save(&self.file) {
+        self.commit(c, next, || {
             let undo = match &old {
                 Some(o) => o.config().and_then(|cfg| self.datapath.apply_router(&cfg)),
                 None => self.datapath.remove_router(name),
@@ -120,10 +106,7 @@ impl Net {
             if let Err(u) = undo {
                 tracing::error!("router {name}: undoing after a failed save: {u}");
             }
-            return Err(e);
-        }
-        c.saved = next;
-        Ok(())
+        })
     }
 
     /// Changes router `name` with `f` (which checks what it does against the state).
@@ -132,7 +115,7 @@ impl Net {
         name: &str,
         f: impl FnOnce(&crate::service::config::NetState, &mut RouterSpec) -> Result<()>,
     ) -> Result<Value> {
-        let mut c = self.lock_state();
+        let mut c = self.control();
         let mut r = find(&c, name)?.clone();
         f(&c.saved, &mut r)?;
         self.change_router(&mut c, name, Some(&r))?;
@@ -140,7 +123,7 @@ impl Net {
     }
 
     pub fn routers(&self) -> Value {
-        let c = self.lock_state();
+        let c = self.control();
         json!(c
             .saved
             .routers
@@ -150,13 +133,13 @@ impl Net {
     }
 
     pub fn router(&self, name: &str) -> Result<Value> {
-        let c = self.lock_state();
+        let c = self.control();
         Ok(self.router_json(&c, find(&c, name)?))
     }
 
     pub fn create_router(&self, name: &str) -> Result<Value> {
         validate::name("router", name)?;
-        let mut c = self.lock_state();
+        let mut c = self.control();
         if find(&c, name).is_ok() {
             return Err(NetError::Conflict(format!(
                 "a router named {name} exists already"
@@ -174,7 +157,7 @@ impl Net {
     /// Refused while networks are attached: detaching them is what undoes the routing,
     /// one deliberate step at a time (as deleting a network needs its ports gone).
     pub fn delete_router(&self, name: &str) -> Result<()> {
-        let mut c = self.lock_state();
+        let mut c = self.control();
         let r = find(&c, name)?;
         if !r.networks.is_empty() {
             return Err(NetError::Conflict(format!(
@@ -300,7 +283,7 @@ impl Net {
     }
 
     pub fn sessions(&self, name: &str) -> Result<Value> {
-        let c = self.lock_state();
+        let c = self.control();
         find(&c, name)?;
         let v = self.datapath.router_sessions(name)?;
         Ok(json!(v
