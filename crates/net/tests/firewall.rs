@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 use vireo_net::datapath::firewall::rules::{Action, Direction, Proto, RuleConfig, Target};
@@ -47,7 +47,7 @@ impl Lab {
     /// Opens a TCP connection from namespace `a` to a listener in `b`: both ends, or
     /// `None` if it is not let through.
     fn connect(&self, a: usize, b: usize, port: u16) -> Option<(TcpStream, TcpStream)> {
-        connect(&self.ns[a], &self.ns[b], self.addr(b, port))
+        self.ns[a].connect(&self.ns[b], self.addr(b, port), Duration::from_millis(1500))
     }
 
     fn tcp(&self, a: usize, b: usize, port: u16) -> bool {
@@ -86,24 +86,6 @@ impl Lab {
         let h = self.dp.firewall_hits();
         h.iter().find(|h| h.id == id).map_or(0, |h| h.hits)
     }
-}
-
-/// A TCP connection from `a` to a listener on `addr` in `b`: both ends, or `None`.
-fn connect(a: &Ns, b: &Ns, addr: SocketAddr) -> Option<(TcpStream, TcpStream)> {
-    let listener = b.within(move || TcpListener::bind(addr).expect("bind"));
-    let client =
-        a.within(move || TcpStream::connect_timeout(&addr, Duration::from_millis(1500)).ok())?;
-    // The client is connected once it has the SYN-ACK: the server's side follows with the
-    // last ACK.
-    listener.set_nonblocking(true).unwrap();
-    for _ in 0..100 {
-        if let Ok((server, _)) = listener.accept() {
-            server.set_nonblocking(false).unwrap();
-            return Some((client, server));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
 }
 
 fn rule(id: u64, target: Target, dir: Direction, proto: Proto, ports: Option<u16>) -> RuleConfig {
@@ -355,7 +337,9 @@ fn routed_traffic_is_judged_in_each_network_it_crosses() {
         subnet: 0,
     };
     let server: SocketAddr = "10.217.2.2:9000".parse().unwrap();
-    let open = |from: usize, to: usize, addr| connect(&lab.ns[from], &lab.ns[to], addr);
+    let open = |from: usize, to: usize, addr| {
+        lab.ns[from].connect(&lab.ns[to], addr, Duration::from_millis(1500))
+    };
     assert!(open(0, 1, server).is_some(), "routed, no rules yet");
 
     // Outside denies by default: the router's hop into it is judged by r1's `in` side.

@@ -11,7 +11,8 @@
 //! Frames a stage makes or forwards go back into a network through
 //! [`super::switch::Switch::emit`].
 
-use super::frame::{self, Frame};
+use super::frame::Frame;
+use super::lock;
 use super::packet::{self, Arp, Ipv4, ARP_REPLY, ARP_REQUEST, L4, PROTO_ICMP};
 use super::switch::{Segment, Switch};
 use std::collections::HashMap;
@@ -36,7 +37,8 @@ const PENDING_MAX_AGE: Duration = Duration::from_secs(3);
 /// Where a frame comes from or goes to inside the datapath: a port, or a network's own
 /// endpoint (the router, load balancer or DHCP server in it). The firewall judges hops
 /// between these.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Ordered (ports first) so that connection-tracking keys, which hold hops, sort.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Hop {
     Port { net: u32, port: u32 },
     Endpoint { net: u32 },
@@ -98,11 +100,7 @@ impl Addressing {
 }
 
 pub fn in_subnet(ip: Ipv4Addr, net: Ipv4Addr, len: u8) -> bool {
-    let mask = if len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(len.min(32)))
-    };
+    let mask = packet::mask(len);
     u32::from(ip) & mask == u32::from(net) & mask
 }
 
@@ -278,19 +276,17 @@ impl NetEndpoint {
         }
     }
 
+    /// Asks who has `ip`, from the gateway address, else any owned one.
     fn ask(&self, switch: &Switch, ip: Ipv4Addr) {
-        let Some(spa) = self.source_for(ip) else {
+        let spa = self
+            .addressing
+            .gateway
+            .or_else(|| read(&self.owned).first().copied());
+        let Some(spa) = spa else {
             return;
         };
         let mut req = packet::arp(ARP_REQUEST, [0xff; 6], self.mac, spa, [0; 6], ip);
         switch.emit(self, &mut req, 0);
-    }
-
-    /// The address the endpoint speaks from toward `ip`: the gateway, else any owned one.
-    fn source_for(&self, _ip: Ipv4Addr) -> Option<Ipv4Addr> {
-        self.addressing
-            .gateway
-            .or_else(|| read(&self.owned).first().copied())
     }
 
     /// Records that `ip` is at `mac` and releases what waited for it.
@@ -349,13 +345,14 @@ impl NetEndpoint {
         v
     }
 
-    /// Offers a frame that entered the network (its segment) to the endpoint.
-    pub fn input(&self, ctx: &Ctx, packet: &mut [u8], frame: &Frame) -> Verdict {
-        if let Some(arp) = packet::parse_arp(packet, frame) {
-            return self.arp(ctx, &arp);
-        }
-        let Some(mut ip) = packet::parse_ipv4(packet, frame) else {
-            return Verdict::Continue;
+    /// Offers a frame that entered the network (its segment) to the endpoint, with its
+    /// IPv4 view (`None`: not IPv4; ARP is looked for then).
+    pub fn input(&self, ctx: &Ctx, packet: &mut [u8], frame: &Frame, ip: Option<Ipv4>) -> Verdict {
+        let Some(mut ip) = ip else {
+            return match packet::parse_arp(packet, frame) {
+                Some(arp) => self.arp(ctx, &arp),
+                None => Verdict::Continue,
+            };
         };
         let stages = Arc::clone(&read(&self.stages));
         for s in stages.iter() {
@@ -364,7 +361,7 @@ impl NetEndpoint {
             }
         }
         if frame.dst == self.mac && self.owns(ip.dst) {
-            self.ping(ctx, packet, &ip);
+            self.ping(ctx, packet, frame, &ip);
             return Verdict::Consumed;
         }
         Verdict::Continue
@@ -385,8 +382,11 @@ impl NetEndpoint {
         }
     }
 
-    /// Answers an ICMP echo request to one of the endpoint's addresses.
-    fn ping(&self, ctx: &Ctx, packet: &[u8], ip: &Ipv4) {
+    /// Answers an ICMP echo request to `ip.dst` (one of the endpoint's addresses, or the
+    /// address of the endpoint's router in another network), from there, back to the MAC
+    /// it came from. `frame` is the request's (no stage rewrites an echo request and lets
+    /// it go on).
+    pub(crate) fn ping(&self, ctx: &Ctx, packet: &[u8], frame: &Frame, ip: &Ipv4) {
         let L4::Icmp { ty: 8, .. } = ip.l4_info else {
             return;
         };
@@ -396,15 +396,13 @@ impl NetEndpoint {
         let Some(req) = packet.get(ip.l4..ip.end) else {
             return;
         };
-        let Ok(src_mac) = frame::parse(packet).map(|f| f.src) else {
-            return;
-        };
         let mut icmp = req.to_vec();
         icmp[0] = 0; // echo reply
         icmp[2..4].copy_from_slice(&[0, 0]);
         let c = packet::finish(packet::sum(&icmp, 0));
         icmp[2..4].copy_from_slice(&c.to_be_bytes());
-        let mut reply = packet::ipv4_frame((src_mac, self.mac), ip.dst, ip.src, PROTO_ICMP, &icmp);
+        let mut reply =
+            packet::ipv4_frame((frame.src, self.mac), ip.dst, ip.src, PROTO_ICMP, &icmp);
         ctx.switch.emit(self, &mut reply, ctx.depth);
     }
 }
@@ -426,8 +424,4 @@ fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 
 fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|e| e.into_inner())
-}
-
-fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    l.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -122,10 +122,6 @@ impl Impair {
         self.active.load(Relaxed)
     }
 
-    pub fn get(&self) -> Impairment {
-        self.lock().cfg
-    }
-
     /// Sets (or with a none impairment, clears) the port's impairment. Frames already held
     /// are still released at their time.
     pub fn set(&self, cfg: Impairment) {
@@ -205,11 +201,6 @@ impl Impair {
                 tracing::error!("a delay line panicked");
             }
         }
-    }
-
-    /// Frames held now.
-    pub fn held(&self) -> usize {
-        self.lock().held.len()
     }
 }
 

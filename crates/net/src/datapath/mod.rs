@@ -204,6 +204,7 @@ impl Datapath {
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&n.endpoint.id);
+            self.switch.firewall.name(n.endpoint.id, None);
         }
         self.remove_dhcp(name);
         self.remove_lbs_of(name);
@@ -461,3 +462,9 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6]> {
 }
 
 pub use vireo_virtio::net::format_mac;
+
+/// Locks `m` even if a thread panicked holding it: one panic must not take every later
+/// user of the lock down with it. Shared by the datapath's modules.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -12,6 +12,7 @@
 //! that partial sum too; changing a port (covered by the receiver's pass) must not.
 
 use super::frame::Frame;
+use std::borrow::Cow;
 use std::net::Ipv4Addr;
 use vireo_virtio::net::VNET_HDR_LEN;
 
@@ -124,18 +125,39 @@ pub struct Arp {
 pub const ARP_REQUEST: u16 = 1;
 pub const ARP_REPLY: u16 = 2;
 
-fn be16(b: &[u8], at: usize) -> Option<u16> {
+/// The big-endian 16-bit word at `at`, if `b` holds it.
+pub(crate) fn be16(b: &[u8], at: usize) -> Option<u16> {
     let s = b.get(at..at.checked_add(2)?)?;
     Some(u16::from_be_bytes([s[0], s[1]]))
 }
 
-fn ip(b: &[u8], at: usize) -> Option<Ipv4Addr> {
+/// The IPv4 address at `at`, if `b` holds it.
+pub(crate) fn ip(b: &[u8], at: usize) -> Option<Ipv4Addr> {
     let s: [u8; 4] = b.get(at..at.checked_add(4)?)?.try_into().ok()?;
     Some(Ipv4Addr::from(s))
 }
 
 fn mac(b: &[u8], at: usize) -> Option<[u8; 6]> {
     b.get(at..at.checked_add(6)?)?.try_into().ok()
+}
+
+/// The netmask of a `/len` prefix (a length over 32 counts as 32).
+pub(crate) fn mask(len: u8) -> u32 {
+    match len {
+        0 => 0,
+        l => u32::MAX << (32 - u32::from(l.min(32))),
+    }
+}
+
+/// The name of IP protocol `p` as the API and the flow log spell it: `tcp`, `udp`, `icmp`,
+/// else its number.
+pub(crate) fn proto_name(p: u8) -> Cow<'static, str> {
+    match p {
+        PROTO_ICMP => Cow::Borrowed("icmp"),
+        PROTO_TCP => Cow::Borrowed("tcp"),
+        PROTO_UDP => Cow::Borrowed("udp"),
+        n => Cow::Owned(n.to_string()),
+    }
 }
 
 /// The EtherType after the MACs and the tag, if any.
@@ -280,7 +302,13 @@ fn update(check: u16, old: &[u8], new: &[u8]) -> u16 {
 
 /// Rewrites the 16-bit checksum field at `at` after `old` became `new` in what it covers.
 /// `partial`: the field holds a partial (uncomplemented) pseudo-header sum.
-fn fix_field(packet: &mut [u8], at: usize, old: &[u8], new: &[u8], partial: bool) -> Option<()> {
+pub(crate) fn fix_field(
+    packet: &mut [u8],
+    at: usize,
+    old: &[u8],
+    new: &[u8],
+    partial: bool,
+) -> Option<()> {
     let f = packet.get_mut(at..at + 2)?;
     let cur = u16::from_be_bytes([f[0], f[1]]);
     let next = if partial {

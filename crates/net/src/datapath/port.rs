@@ -108,18 +108,6 @@ impl Port {
         })
     }
 
-    /// The tap's interface name; `None` for a vhost-user port.
-    pub fn tap_name(&self) -> Option<&str> {
-        match &self.link {
-            Link::Tap(t) => Some(t.name()),
-            Link::VhostUser(_) => None,
-        }
-    }
-
-    pub fn link(&self) -> &Link {
-        &self.link
-    }
-
     /// The counters, and a vhost-user link's connection state.
     pub fn stats(&self) -> PortStats {
         let mut s = self.counters.snapshot();

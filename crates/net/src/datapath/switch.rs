@@ -6,9 +6,9 @@
 //! ever receives frames of the segments it is a member of.
 
 use super::endpoint::{Ctx, Hop, NetEndpoint, Verdict};
-use super::firewall::Firewall;
+use super::firewall::{Firewall, RuleSet};
 use super::frame::{self, Frame, Malformed};
-use super::packet;
+use super::packet::{self, Ipv4};
 use super::port::Port;
 use super::PortVlan;
 use std::collections::HashMap;
@@ -205,10 +205,14 @@ impl Switch {
         };
         let ep = &from.endpoint;
         if ep.active() && vlan == ep.vlan {
-            if frame.dst == ep.mac
-                && !self.permit(hop, Hop::Endpoint { net: ep.id }, packet, &frame)
-            {
-                return from.drop_frame("denied by the firewall");
+            // Parsed once for the firewall and the stages, before any of them rewrites it.
+            let ip = packet::parse_ipv4(packet, &frame);
+            if frame.dst == ep.mac {
+                let rules = self.firewall.rules_for(from.net_id);
+                let to = Hop::Endpoint { net: ep.id };
+                if !self.permit(rules.as_deref(), hop, to, packet, ip.as_ref()) {
+                    return from.drop_frame("denied by the firewall");
+                }
             }
             let ctx = Ctx {
                 switch: self,
@@ -216,7 +220,7 @@ impl Switch {
                 from: hop,
                 depth: 0,
             };
-            if ep.input(&ctx, packet, &frame) == Verdict::Consumed {
+            if ep.input(&ctx, packet, &frame, ip) == Verdict::Consumed {
                 return;
             }
             // A stage may have readdressed the frame (a load balancer's backend).
@@ -258,7 +262,8 @@ impl Switch {
                 from: Hop::Endpoint { net: ep.id },
                 depth: depth + 1,
             };
-            ep.input(&ctx, packet, &frame);
+            let ip = packet::parse_ipv4(packet, &frame);
+            ep.input(&ctx, packet, &frame, ip);
             return;
         }
         let known = (!frame.is_multicast())
@@ -267,15 +272,20 @@ impl Switch {
         self.output(seg, Hop::Endpoint { net: ep.id }, known, packet, &frame);
     }
 
-    /// Whether the firewall lets an IPv4 packet go from `from` to `to` (anything else, and
-    /// everything while no rule exists, passes).
-    fn permit(&self, from: Hop, to: Hop, packet: &[u8], frame: &Frame) -> bool {
-        if !self.firewall.active() {
-            return true;
-        }
-        match packet::parse_ipv4(packet, frame) {
-            Some(ip) => self.firewall.check(from, to, packet, &ip),
-            None => true,
+    /// Whether the firewall lets the packet go from `from` to `to` by `rules` (those
+    /// policing its network, if any: else everything passes), given its IPv4 view (anything
+    /// but IPv4 passes).
+    fn permit(
+        &self,
+        rules: Option<&RuleSet>,
+        from: Hop,
+        to: Hop,
+        packet: &[u8],
+        ip: Option<&Ipv4>,
+    ) -> bool {
+        match (rules, ip) {
+            (Some(rs), Some(ip)) => self.firewall.check(rs, from, to, packet, ip),
+            _ => true,
         }
     }
 
@@ -286,6 +296,12 @@ impl Switch {
             Hop::Port { port, .. } => Some(port),
             Hop::Endpoint { .. } => None,
         };
+        // The rules and the packet's IPv4 view once for all the ports it may go to (the
+        // packet is not parsed at all where no rule polices the network).
+        let rules = self.firewall.rules_for(from.net());
+        let ip = rules
+            .as_ref()
+            .and_then(|_| packet::parse_ipv4(packet, frame));
         let ports = self.ports.read().unwrap_or_else(|e| e.into_inner());
         let send = |p: &Port| {
             let Some(tag) = egress_tag(&p.vlan, seg.1) else {
@@ -295,7 +311,7 @@ impl Switch {
                 net: p.net_id,
                 port: p.id,
             };
-            if self.permit(from, to, packet, frame) {
+            if self.permit(rules.as_deref(), from, to, packet, ip.as_ref()) {
                 p.send(packet, frame, tag);
             } else {
                 p.drop_frame("denied by the firewall");

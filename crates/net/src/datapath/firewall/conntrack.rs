@@ -156,41 +156,17 @@ pub fn tcp_next(st: TcpState, fin: u8, dir: Dir, flags: u8) -> (TcpState, u8) {
     (st, fin)
 }
 
-/// A hop as a number, for keys: ports and networks draw their ids from one counter, so
-/// these never collide.
-pub fn hop_id(h: Hop) -> u64 {
-    match h {
-        Hop::Port { net, port } => (u64::from(net) << 32) | u64::from(port),
-        Hop::Endpoint { net } => (1 << 63) | u64::from(net),
-    }
-}
-
-pub fn hop_of(id: u64) -> Hop {
-    if id >> 63 == 1 {
-        Hop::Endpoint { net: id as u32 }
-    } else {
-        Hop::Port {
-            net: (id >> 32) as u32,
-            port: id as u32,
-        }
-    }
-}
-
 /// A packet's flow on a hop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key {
     pub flow: FlowKey,
-    pub from: u64,
-    pub to: u64,
+    pub from: Hop,
+    pub to: Hop,
 }
 
 impl Key {
     pub fn new(flow: FlowKey, from: Hop, to: Hop) -> Key {
-        Key {
-            flow,
-            from: hop_id(from),
-            to: hop_id(to),
-        }
+        Key { flow, from, to }
     }
 
     pub fn reverse(&self) -> Key {

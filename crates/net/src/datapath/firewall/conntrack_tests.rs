@@ -158,10 +158,3 @@ fn the_table_is_bounded_and_evicts_expired_first() {
     assert_eq!(t.flush(), 1);
     assert!(t.is_empty());
 }
-
-#[test]
-fn hop_ids_round_trip() {
-    for h in [A, Hop::Endpoint { net: 7 }, Hop::Port { net: 9, port: 1 }] {
-        assert_eq!(hop_of(hop_id(h)), h);
-    }
-}

@@ -1,11 +1,9 @@
 //! The firewall's side of the datapath's API: installing a rule set (names resolved to the
 //! networks and ports of the moment), its counters, the connection table, the flow log.
 
-use super::conntrack::hop_of;
 use super::flowlog::{self, FlowRecord};
 use super::rules::{self, Direction, NetPolicy, Rule, RuleConfig, Target};
 use super::RuleSet;
-use crate::datapath::endpoint::Hop;
 use crate::datapath::Datapath;
 use crate::error::{NetError, Result};
 use std::collections::HashMap;
@@ -143,15 +141,11 @@ impl Datapath {
     /// The tracked connections, at most `limit`.
     pub fn conntrack(&self, limit: usize) -> Vec<ConnView> {
         let fw = &self.switch.firewall;
-        let name = |h: Hop| match h {
-            Hop::Port { port, .. } => fw.name_of(port).map(|n| n.to_string()),
-            Hop::Endpoint { .. } => None,
-        };
         fw.conntrack
             .list(fw.now(), limit)
             .into_iter()
             .map(|c| {
-                let (from, to) = (hop_of(c.key.from), hop_of(c.key.to));
+                let (network, from, to) = fw.hop_names(c.key.from, c.key.to);
                 let f = c.key.flow;
                 ConnView {
                     proto: f.proto,
@@ -159,12 +153,9 @@ impl Datapath {
                     sport: f.sport,
                     dst: f.dst,
                     dport: f.dport,
-                    network: fw
-                        .name_of(from.net())
-                        .map(|n| n.to_string())
-                        .unwrap_or_default(),
-                    from: name(from),
-                    to: name(to),
+                    network,
+                    from,
+                    to,
                     state: c.state.name(),
                     expires_in: c.expires_in,
                     packets: c.packets,

@@ -8,6 +8,7 @@
 //! ([`FlowLog::suppressed`]).
 
 use super::rules::{Action, Direction};
+use crate::datapath::packet::proto_name;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::io::Write;
@@ -59,15 +60,6 @@ impl FlowRecord {
             "network": self.network, "from": self.from, "to": self.to,
             "port": self.port, "direction": self.direction, "rule": self.rule,
         })
-    }
-}
-
-pub fn proto_name(p: u8) -> String {
-    match p {
-        1 => "icmp".into(),
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        n => n.to_string(),
     }
 }
 

@@ -99,12 +99,40 @@ impl Firewall {
             .cloned()
     }
 
+    /// The name of the port `h` is; `None` for a network's endpoint.
+    fn port_name(&self, h: Hop) -> Option<String> {
+        match h {
+            Hop::Port { port, .. } => self.name_of(port).map(|n| n.to_string()),
+            Hop::Endpoint { .. } => None,
+        }
+    }
+
+    /// How the flow log and the connection list name a hop: its network, and the ports it
+    /// goes from and to (`None`: the network's endpoint).
+    fn hop_names(&self, from: Hop, to: Hop) -> (String, Option<String>, Option<String>) {
+        let network = self
+            .name_of(from.net())
+            .map(|n| n.to_string())
+            .unwrap_or_default();
+        (network, self.port_name(from), self.port_name(to))
+    }
+
     fn now(&self) -> Duration {
         self.origin.elapsed()
     }
 
     fn ruleset(&self) -> Arc<RuleSet> {
         self.rules.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The rules in force, if they police network `net` (else everything there passes):
+    /// taken once per frame, however many hops it is then judged on.
+    pub fn rules_for(&self, net: u32) -> Option<Arc<RuleSet>> {
+        if !self.active() {
+            return None;
+        }
+        let rs = self.ruleset();
+        rs.nets.contains_key(&net).then_some(rs)
     }
 
     fn install(&self, rs: RuleSet) {
@@ -119,9 +147,8 @@ impl Firewall {
     }
 
     /// Whether the IPv4 packet `ip` (in `packet`) may go from `from` to `to`, two points of
-    /// one network.
-    pub fn check(&self, from: Hop, to: Hop, packet: &[u8], ip: &Ipv4) -> bool {
-        let rs = self.ruleset();
+    /// one network, by the rules `rs` (from [`Firewall::rules_for`]).
+    pub fn check(&self, rs: &RuleSet, from: Hop, to: Hop, packet: &[u8], ip: &Ipv4) -> bool {
         let Some(policy) = rs.nets.get(&from.net()) else {
             return true;
         };
@@ -237,10 +264,6 @@ impl Firewall {
         ip: &Ipv4,
         decided: Option<(Option<u64>, Direction)>,
     ) {
-        let port = |h: Hop| match h {
-            Hop::Port { port, .. } => self.name_of(port).map(|n| n.to_string()),
-            Hop::Endpoint { .. } => None,
-        };
         let f = ip.flow();
         let (rule, direction) = match decided {
             Some((rule, dir)) => (rule, Some(dir)),
@@ -250,6 +273,7 @@ impl Firewall {
             Some(Direction::In) => to,
             _ => from,
         };
+        let (network, from, to) = self.hop_names(from, to);
         self.flowlog.push(FlowRecord {
             ts: SystemTime::now(),
             action,
@@ -258,13 +282,10 @@ impl Firewall {
             sport: f.sport,
             dst: f.dst,
             dport: f.dport,
-            network: self
-                .name_of(from.net())
-                .map(|n| n.to_string())
-                .unwrap_or_default(),
-            from: port(from),
-            to: port(to),
-            port: port(side),
+            network,
+            from,
+            to,
+            port: self.port_name(side),
             direction,
             rule,
         });
@@ -301,4 +322,20 @@ fn quoted_flow(packet: &[u8], ip: &Ipv4) -> Option<FlowKey> {
         sport,
         dport,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::datapath::{Addressing, Datapath};
+
+    #[test]
+    fn a_deleted_network_leaves_no_name_behind() {
+        let dp = Datapath::new();
+        dp.add_network("gone", None, Addressing::default()).unwrap();
+        let id = dp.endpoint("gone").unwrap().id;
+        let fw = &dp.switch.firewall;
+        assert_eq!(fw.name_of(id).as_deref(), Some("gone"));
+        dp.remove_network("gone").unwrap();
+        assert_eq!(fw.name_of(id), None);
+    }
 }

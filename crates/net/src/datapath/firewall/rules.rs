@@ -11,13 +11,14 @@
 
 use crate::error::{NetError, Result};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use super::super::endpoint::in_subnet;
-use super::super::packet::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use super::super::packet::{self, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
@@ -116,19 +117,24 @@ impl RuleConfig {
         if self.ports.is_some() && !matches!(self.proto, Proto::Tcp | Proto::Udp) {
             return Err(NetError::Invalid(format!(
                 "a destination port needs --proto tcp or udp (not {})",
-                proto_name(self.proto)
+                self.proto
+                    .number()
+                    .map_or(Cow::Borrowed("any"), packet::proto_name)
             )));
         }
         Ok(())
     }
 }
 
-pub fn proto_name(p: Proto) -> &'static str {
-    match p {
-        Proto::Tcp => "tcp",
-        Proto::Udp => "udp",
-        Proto::Icmp => "icmp",
-        Proto::Any => "any",
+impl Proto {
+    /// The IP protocol number it matches; `None`: any.
+    pub fn number(self) -> Option<u8> {
+        match self {
+            Proto::Tcp => Some(PROTO_TCP),
+            Proto::Udp => Some(PROTO_UDP),
+            Proto::Icmp => Some(PROTO_ICMP),
+            Proto::Any => None,
+        }
     }
 }
 
@@ -158,12 +164,7 @@ pub struct Probe {
 impl Rule {
     pub fn matches(&self, p: &Probe) -> bool {
         let c = &self.config;
-        let proto_ok = match c.proto {
-            Proto::Any => true,
-            Proto::Tcp => p.proto == PROTO_TCP,
-            Proto::Udp => p.proto == PROTO_UDP,
-            Proto::Icmp => p.proto == PROTO_ICMP,
-        };
+        let proto_ok = c.proto.number().is_none_or(|n| n == p.proto);
         let remote = match c.direction {
             Direction::In => p.src,
             Direction::Out => p.dst,

@@ -4,7 +4,7 @@
 //! TTL, SNAT after it, then out through the next network's endpoint to the next hop's MAC.
 //! The packet is rewritten in place; it is copied only when it must wait for ARP.
 
-use super::icmp::{self, echo_reply, icmp_error, ICMP_TIME_EXCEEDED, ICMP_UNREACHABLE};
+use super::icmp::{self, icmp_error, ICMP_TIME_EXCEEDED, ICMP_UNREACHABLE};
 use super::nat::Rewrite;
 use super::{Router, Tables};
 use crate::datapath::endpoint::{in_subnet, Ctx, Stage, Verdict};
@@ -84,9 +84,10 @@ impl Router {
                 // The endpoint's own address here (ping, DHCP, a VIP): not to be routed.
                 return Verdict::Continue;
             }
-            if let Some(i) = t.ifaces.iter().find(|i| i.addr == ip.dst) {
-                // The router's address in another network is the router's too.
-                echo_reply(ctx, packet, frame, ip, i.addr);
+            if t.ifaces.iter().any(|i| i.addr == ip.dst) {
+                // The router's address in another network is the router's too: answered
+                // from there, back to the neighbour the request came from.
+                ctx.net.ping(ctx, packet, frame, ip);
                 return Verdict::Consumed;
             }
         }
@@ -200,14 +201,7 @@ fn routable(t: &Tables, ip: &Ipv4) -> bool {
     if bad(ip.dst) || bad(ip.src) || ip.dst.is_loopback() {
         return false;
     }
-    !t.ifaces.iter().any(|i| {
-        let host_bits = if i.subnet.1 >= 31 {
-            0
-        } else {
-            u32::MAX >> i.subnet.1
-        };
-        host_bits != 0 && u32::from(ip.dst) == u32::from(i.subnet.0) | host_bits
-    })
+    !t.ifaces.iter().any(|i| i.broadcast == Some(ip.dst))
 }
 
 /// Whether NAT can track the packet: TCP, UDP or ICMP echo, not a fragment.

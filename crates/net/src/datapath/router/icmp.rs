@@ -1,9 +1,10 @@
-//! The ICMP the router speaks: echo replies from its addresses, the errors it sends
-//! (destination unreachable, time exceeded), and the translation of ICMP errors about NATed
-//! flows, whose quoted packet (RFC 792: the IP header and at least 8 bytes of payload) must
-//! be rewritten like the flow itself, as netfilter's nf_nat_icmp_reply_translation does:
-//! without it, "fragmentation needed" (path MTU discovery) and "port unreachable" would
-//! never reach a host behind SNAT.
+//! The ICMP the router speaks: the errors it sends (destination unreachable, time
+//! exceeded), and the translation of ICMP errors about NATed flows, whose quoted packet
+//! (RFC 792: the IP header and at least 8 bytes of payload) must be rewritten like the
+//! flow itself, as netfilter's nf_nat_icmp_reply_translation does: without it,
+//! "fragmentation needed" (path MTU discovery) and "port unreachable" would never reach a
+//! host behind SNAT. Echo replies from its addresses are the endpoint's
+//! ([`NetEndpoint::ping`](crate::datapath::endpoint::NetEndpoint::ping)).
 
 use crate::datapath::endpoint::Ctx;
 use crate::datapath::frame::Frame;
@@ -11,7 +12,6 @@ use crate::datapath::packet::{self, FlowKey, Ipv4, Side, L4, PROTO_ICMP, PROTO_T
 use std::net::Ipv4Addr;
 
 /// ICMP types and codes (RFC 792).
-const ICMP_ECHO_REPLY: u8 = 0;
 pub(super) const ICMP_UNREACHABLE: u8 = 3;
 const UNREACHABLE_NET: u8 = 0;
 pub(super) const ICMP_TIME_EXCEEDED: u8 = 11;
@@ -38,16 +38,6 @@ pub(super) struct Quoted {
     pub flow: FlowKey,
 }
 
-fn be16(b: &[u8], at: usize) -> Option<u16> {
-    let s = b.get(at..at.checked_add(2)?)?;
-    Some(u16::from_be_bytes([s[0], s[1]]))
-}
-
-fn addr(b: &[u8], at: usize) -> Option<Ipv4Addr> {
-    let s: [u8; 4] = b.get(at..at.checked_add(4)?)?.try_into().ok()?;
-    Some(Ipv4Addr::from(s))
-}
-
 /// The packet quoted by the ICMP error `ip`, if it is IPv4 with enough of its TCP/UDP
 /// header (the ports) or ICMP echo header (the identifier) to find its flow.
 pub(super) fn quoted(packet: &[u8], ip: &Ipv4) -> Option<Quoted> {
@@ -61,9 +51,9 @@ pub(super) fn quoted(packet: &[u8], ip: &Ipv4) -> Option<Quoted> {
     let l4 = l3 + ihl;
     let proto = *body.get(l3 + 9)?;
     let (sport, dport) = match proto {
-        PROTO_TCP | PROTO_UDP => (be16(body, l4)?, be16(body, l4 + 2)?),
+        PROTO_TCP | PROTO_UDP => (packet::be16(body, l4)?, packet::be16(body, l4 + 2)?),
         PROTO_ICMP if matches!(body.get(l4), Some(0 | 8)) => {
-            let id = be16(body, l4 + 4)?;
+            let id = packet::be16(body, l4 + 4)?;
             (id, id)
         }
         _ => return None,
@@ -73,44 +63,34 @@ pub(super) fn quoted(packet: &[u8], ip: &Ipv4) -> Option<Quoted> {
         l4,
         flow: FlowKey {
             proto,
-            src: addr(body, l3 + 12)?,
-            dst: addr(body, l3 + 16)?,
+            src: packet::ip(body, l3 + 12)?,
+            dst: packet::ip(body, l3 + 16)?,
             sport,
             dport,
         },
     })
 }
 
-/// RFC 1624: the checksum `check` after the 16-bit words `old` became `new`.
-fn adjust(check: u16, old: &[u8], new: &[u8]) -> u16 {
-    let mut s = u32::from(!check);
-    for (o, n) in old.chunks(2).zip(new.chunks(2)) {
-        let o = u16::from_be_bytes([o[0], *o.get(1).unwrap_or(&0)]);
-        let n = u16::from_be_bytes([n[0], *n.get(1).unwrap_or(&0)]);
-        s += u32::from(!o) + u32::from(n);
-    }
-    packet::finish(s)
-}
-
-/// Writes `new` at `at` and adjusts the checksums at `sums` (each if quoted, and not a UDP
-/// "no checksum").
-fn put(packet: &mut [u8], end: usize, at: usize, new: &[u8], sums: &[usize]) -> Option<()> {
-    let old = packet.get(at..at + new.len())?.to_vec();
+/// Writes `new` at `at` and adjusts the checksums at `sums` (each if quoted, and not 0: a
+/// UDP "no checksum").
+fn put<const N: usize>(
+    packet: &mut [u8],
+    end: usize,
+    at: usize,
+    new: [u8; N],
+    sums: &[Option<usize>],
+) -> Option<()> {
+    let old: [u8; N] = packet.get(at..at.checked_add(N)?)?.try_into().ok()?;
     if old == new {
         return Some(());
     }
-    for &c in sums {
-        if c + 2 > end {
+    for &c in sums.iter().flatten() {
+        if c + 2 > end || packet::be16(packet, c)? == 0 {
             continue;
         }
-        let cur = be16(packet, c)?;
-        if cur != 0 {
-            packet
-                .get_mut(c..c + 2)?
-                .copy_from_slice(&adjust(cur, &old, new).to_be_bytes());
-        }
+        packet::fix_field(packet, c, &old, &new, false)?;
     }
-    packet.get_mut(at..at + new.len())?.copy_from_slice(new);
+    packet.get_mut(at..at + N)?.copy_from_slice(&new);
     Some(())
 }
 
@@ -130,15 +110,16 @@ pub(super) fn translate_error(
         PROTO_UDP => Some(q.l4 + 6),
         _ => None,
     };
-    let pseudo: Vec<usize> = std::iter::once(ip_sum).chain(l4_sum).collect();
-    put(packet, end, q.l3 + 12, &to.src.octets(), &pseudo)?;
-    put(packet, end, q.l3 + 16, &to.dst.octets(), &pseudo)?;
+    let pseudo = [Some(ip_sum), l4_sum];
+    put(packet, end, q.l3 + 12, to.src.octets(), &pseudo)?;
+    put(packet, end, q.l3 + 16, to.dst.octets(), &pseudo)?;
     if q.flow.proto == PROTO_ICMP {
-        put(packet, end, q.l4 + 4, &to.sport.to_be_bytes(), &[q.l4 + 2])?;
+        // The echo identifier is under the quoted ICMP checksum (no pseudo-header).
+        let icmp_sum = [Some(q.l4 + 2)];
+        put(packet, end, q.l4 + 4, to.sport.to_be_bytes(), &icmp_sum)?;
     } else {
-        let sums: Vec<usize> = l4_sum.into_iter().collect();
-        put(packet, end, q.l4, &to.sport.to_be_bytes(), &sums)?;
-        put(packet, end, q.l4 + 2, &to.dport.to_be_bytes(), &sums)?;
+        put(packet, end, q.l4, to.sport.to_be_bytes(), &[l4_sum])?;
+        put(packet, end, q.l4 + 2, to.dport.to_be_bytes(), &[l4_sum])?;
     }
     // The outer ICMP checksum covers all of the quoted packet: summed again.
     packet
@@ -152,24 +133,6 @@ pub(super) fn translate_error(
         packet::set_addr(packet, ip, Side::Src, to.dst)?;
     }
     packet::set_addr(packet, ip, Side::Dst, to.src)
-}
-
-/// Answers an echo request to the router's address `addr` (in another network), back to
-/// the neighbour it came from.
-pub(super) fn echo_reply(ctx: &Ctx, packet: &[u8], frame: &Frame, ip: &Ipv4, addr: Ipv4Addr) {
-    if !matches!(ip.l4_info, L4::Icmp { ty: 8, .. }) || ip.fragment {
-        return;
-    }
-    let Some(req) = packet.get(ip.l4..ip.end) else {
-        return;
-    };
-    let mut icmp = req.to_vec();
-    icmp[0] = ICMP_ECHO_REPLY;
-    icmp[2..4].copy_from_slice(&[0, 0]);
-    let c = packet::finish(packet::sum(&icmp, 0));
-    icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    let mut reply = packet::ipv4_frame((frame.src, ctx.net.mac), addr, ip.src, PROTO_ICMP, &icmp);
-    ctx.switch.emit(ctx.net, &mut reply, ctx.depth);
 }
 
 /// Tells the sender why its packet went no further (RFC 792: the IP header and the first

@@ -15,7 +15,7 @@ pub mod nat;
 pub mod route;
 
 use super::endpoint::{NetEndpoint, Stage};
-use super::packet::FlowKey;
+use super::packet::{self, FlowKey};
 use super::Datapath;
 use crate::error::{NetError, Result};
 use nat::NatTable;
@@ -91,6 +91,8 @@ struct Iface {
     ep: Arc<NetEndpoint>,
     subnet: (Ipv4Addr, u8),
     addr: Ipv4Addr,
+    /// The subnet's directed broadcast (none for a /31 or /32), which is never forwarded.
+    broadcast: Option<Ipv4Addr>,
 }
 
 struct Snat {
@@ -295,7 +297,14 @@ impl Datapath {
                 iface: t.ifaces.len(),
                 via: None,
             });
-            t.ifaces.push(Iface { ep, subnet, addr });
+            let broadcast = (subnet.1 < 31)
+                .then(|| Ipv4Addr::from(u32::from(subnet.0) | !packet::mask(subnet.1)));
+            t.ifaces.push(Iface {
+                ep,
+                subnet,
+                addr,
+                broadcast,
+            });
         }
         let iface_of = |net: &str| {
             t.ifaces

@@ -268,19 +268,6 @@ impl NatTable {
         self.last_sweep = now;
     }
 
-    /// Drops the sessions whose original flow matches `f` (their rule went away).
-    pub fn forget(&mut self, f: impl Fn(&FlowKey, &FlowKey) -> bool) {
-        let ids: Vec<u64> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| f(&s.orig, &s.reply))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            self.remove(id);
-        }
-    }
-
     /// The live sessions: (original flow, reply flow, seconds left), for display.
     pub fn sessions(&mut self) -> Vec<(FlowKey, FlowKey, u64)> {
         let now = self.clock.now();

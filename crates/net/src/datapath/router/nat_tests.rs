@@ -158,20 +158,6 @@ fn the_table_is_bounded_and_expired_sessions_make_room() {
 }
 
 #[test]
-fn forget_drops_matching_sessions() {
-    let clock = FakeClock::new();
-    let mut t = table(&clock, 16);
-    let a = key(PROTO_TCP, INSIDE_A, 1, SERVER, 80);
-    let b = key(PROTO_TCP, INSIDE_B, 1, SERVER, 80);
-    t.create(a, snat(a), &SYN).unwrap();
-    t.create(b, snat(b), &SYN).unwrap();
-    t.forget(|o, _| o.src == INSIDE_A);
-    assert_eq!(t.translate(&a, &ACK), None);
-    assert!(t.translate(&b, &ACK).is_some());
-    assert_eq!(t.sessions().len(), 1);
-}
-
-#[test]
 fn icmp_errors_find_the_flow_they_quote() {
     let clock = FakeClock::new();
     let mut t = table(&clock, 16);

@@ -3,6 +3,7 @@
 //! the configuration changes and read without locks per packet (see [`super::Tables`]).
 
 use crate::datapath::endpoint::in_subnet;
+use crate::datapath::packet;
 use std::net::Ipv4Addr;
 
 /// One entry: packets to `net/len` leave through interface `iface` (an index into the
@@ -25,12 +26,7 @@ impl Route {
 
 /// The network address of `ip/len` (host bits cleared).
 pub fn network(ip: Ipv4Addr, len: u8) -> Ipv4Addr {
-    let mask = if len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(len.min(32)))
-    };
-    Ipv4Addr::from(u32::from(ip) & mask)
+    Ipv4Addr::from(u32::from(ip) & packet::mask(len))
 }
 
 /// A table sorted for lookup: longest prefixes first, and a connected route before a static
@@ -55,6 +51,7 @@ impl Table {
         self.routes.iter().find(|r| in_subnet(dst, r.net, r.len))
     }
 
+    #[cfg(test)]
     pub fn routes(&self) -> &[Route] {
         &self.routes
     }
