@@ -379,6 +379,49 @@ pub fn unrouted(req: &Request, allowed: &[&str]) -> Reply {
     )
 }
 
+/// An error a route answers with: `{"error": message}` under its HTTP status.
+pub trait HttpError: std::fmt::Display {
+    fn http_status(&self) -> u16;
+}
+
+/// Serves the API under `prefix`: `route` gets the path's decoded segments and answers
+/// `None` when no route takes this method and path. Its error goes out as
+/// `{"error": message}` with the error's status; an unrouted request gets a 404, or a 405
+/// naming the methods `methods` gives for its segments.
+pub fn dispatch<E: HttpError>(
+    req: &Request,
+    prefix: &str,
+    route: impl FnOnce(&[&str]) -> Option<Result<Reply, E>>,
+    methods: impl FnOnce(&[&str]) -> &'static [&'static str],
+) -> Reply {
+    let segs = match segments(&req.path, prefix) {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => return Reply::error(400, e),
+        None => return Reply::error(404, format!("no such endpoint: {}", req.path)),
+    };
+    let s: Vec<&str> = segs.iter().map(String::as_str).collect();
+    match route(&s) {
+        Some(Ok(reply)) => reply,
+        Some(Err(e)) => Reply::error(e.http_status(), e.to_string()),
+        None => unrouted(req, methods(&s)),
+    }
+}
+
+/// A request's JSON body (an empty one is `{}`); the error says what was wrong and shows
+/// `example`, what was expected.
+pub fn json_body<T: serde::de::DeserializeOwned>(
+    req: &Request,
+    example: &str,
+) -> Result<T, String> {
+    let bytes: &[u8] = if req.body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &req.body
+    };
+    serde_json::from_slice(bytes)
+        .map_err(|e| format!("bad request body: {e}; expected JSON like {example}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

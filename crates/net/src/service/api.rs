@@ -9,7 +9,7 @@ use crate::datapath::QosConfig;
 use crate::error::{NetError, Result};
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use vireo_http::{segments, unrouted, Reply, Request};
+use vireo_http::{dispatch, json_body, HttpError, Reply, Request};
 
 pub(super) fn handle(net: &Net, req: &Request) -> Reply {
     if req.path == "/metrics" {
@@ -24,16 +24,12 @@ pub(super) fn handle(net: &Net, req: &Request) -> Reply {
             m => Reply::error(405, format!("{m} is not allowed on /metrics; use GET")),
         };
     }
-    let segs = match segments(&req.path, "/api/v1/") {
-        Some(Ok(s)) => s,
-        Some(Err(e)) => return Reply::error(400, e),
-        None => return Reply::error(404, format!("no such endpoint: {}", req.path)),
-    };
-    let s: Vec<&str> = segs.iter().map(String::as_str).collect();
-    match route(net, req, &s) {
-        Some(Ok(reply)) => reply,
-        Some(Err(e)) => Reply::error(e.http_status(), e.to_string()),
-        None => unrouted(req, methods(&s)),
+    dispatch(req, "/api/v1/", |s| route(net, req, s), methods)
+}
+
+impl HttpError for NetError {
+    fn http_status(&self) -> u16 {
+        NetError::http_status(self)
     }
 }
 
@@ -104,14 +100,5 @@ fn route(net: &Net, req: &Request, s: &[&str]) -> Option<Result<Reply>> {
 
 /// Parses a JSON body (an empty body is `{}`), explaining what was expected if it fails.
 pub(super) fn body<T: DeserializeOwned>(req: &Request, example: &str) -> Result<T> {
-    let bytes: &[u8] = if req.body.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        &req.body
-    };
-    serde_json::from_slice(bytes).map_err(|e| {
-        NetError::Invalid(format!(
-            "bad request body: {e}; expected JSON like {example}"
-        ))
-    })
+    json_body(req, example).map_err(NetError::Invalid)
 }

@@ -19,19 +19,15 @@ use objects::{
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use std::path::Path;
-use vireo_http::{segments, unrouted, Reply, Request};
+use vireo_http::{dispatch, json_body, HttpError, Reply, Request};
 
 pub(crate) fn handle(svc: &Shared, req: &Request) -> Reply {
-    let segs = match segments(&req.path, "/api/v1/") {
-        Some(Ok(s)) => s,
-        Some(Err(e)) => return Reply::error(400, e),
-        None => return Reply::error(404, format!("no such endpoint: {}", req.path)),
-    };
-    let s: Vec<&str> = segs.iter().map(String::as_str).collect();
-    match route(svc, req, &s) {
-        Some(Ok(reply)) => reply,
-        Some(Err(e)) => Reply::error(e.http_status(), e.to_string()),
-        None => unrouted(req, methods(&s)),
+    dispatch(req, "/api/v1/", |s| route(svc, req, s), methods)
+}
+
+impl HttpError for StorageError {
+    fn http_status(&self) -> u16 {
+        StorageError::http_status(self)
     }
 }
 
@@ -129,16 +125,7 @@ fn route(svc: &Shared, req: &Request, s: &[&str]) -> Option<Result<Reply>> {
 
 /// Parses a JSON body (an empty body is `{}`), explaining what was expected if it fails.
 pub(super) fn body<T: DeserializeOwned>(req: &Request, example: &str) -> Result<T> {
-    let bytes: &[u8] = if req.body.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        &req.body
-    };
-    serde_json::from_slice(bytes).map_err(|e| {
-        StorageError::Invalid(format!(
-            "bad request body: {e}; expected JSON like {example}"
-        ))
-    })
+    json_body(req, example).map_err(StorageError::Invalid)
 }
 
 /// The service does not resolve paths against its own working directory, which is not the
