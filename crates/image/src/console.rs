@@ -160,6 +160,31 @@ impl Console {
         let text = self.expect("END-4", timeout);
         text.trim_end_matches("END-4").trim().to_string()
     }
+
+    /// Brings `iface` up and leases an address for it with the guest's `udhcpc`, which
+    /// configures it; returns the address and the router the server gave (empty if none).
+    /// Panics (this is test support) if no lease comes.
+    pub fn dhcp(&mut self, iface: &str) -> (String, String) {
+        self.run(&format!("ip link set {iface} up"));
+        // udhcpc hands the lease to a script in its environment; a renewal replaces the
+        // address instead of adding a second one.
+        self.run(
+            "printf '#!/bin/sh\\ncase \"$1\" in bound|renew) ip addr flush dev $interface; \
+             ip addr add $ip/$mask dev $interface; echo \"LEASE=$ip ROUTER=$router\";; esac\\n' \
+             > /tmp/dh.sh; chmod +x /tmp/dh.sh",
+        );
+        let out = self.run(&format!(
+            "udhcpc -i {iface} -n -q -t 10 -T 2 -s /tmp/dh.sh 2>&1"
+        ));
+        let field = |key: &str| {
+            out.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .map(str::to_string)
+        };
+        let ip = field("LEASE=").unwrap_or_else(|| panic!("no lease on {iface}: {out}"));
+        let router = field("ROUTER=").unwrap_or_default();
+        (ip, router)
+    }
 }
 
 /// A guest in QEMU: its serial console (`Deref`s to [`Console`]) and the QEMU process

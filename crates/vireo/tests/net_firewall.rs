@@ -12,6 +12,15 @@ fn plug(ns: &Namespaces, ta: &str, tb: &str) {
     ns.plug(1, tb, "10.216.0.2");
 }
 
+/// `firewall add TARGET --direction DIR --proto PROTO --action ACTION`, TARGET a name or
+/// `--port-name NAME`.
+fn add<'a>(target: &[&'a str], dir: &'a str, proto: &'a str, action: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["firewall", "add"];
+    args.extend_from_slice(target);
+    args.extend(["--direction", dir, "--proto", proto, "--action", action]);
+    args
+}
+
 fn rule_hits(svc: &Service, id: u64) -> u64 {
     let list = svc.json(&["firewall", "list", "--json"]);
     let rules = list.as_array().unwrap();
@@ -33,17 +42,7 @@ fn firewall_rules_deny_count_and_survive_a_restart() {
     plug(&ns, &ta, &tb);
     assert!(ns.ping(0, "10.216.0.2"), "no rules yet\n{}", svc.log());
 
-    let out = svc.ok(&[
-        "firewall",
-        "add",
-        "b",
-        "--direction",
-        "in",
-        "--proto",
-        "icmp",
-        "--action",
-        "deny",
-    ]);
+    let out = svc.ok(&add(&["b"], "in", "icmp", "deny"));
     assert!(
         out.contains("added firewall rule 1: port b in icmp deny"),
         "{out}"
@@ -75,45 +74,14 @@ fn firewall_rules_deny_count_and_survive_a_restart() {
     );
 
     // What it refuses, and why.
-    let icmp_port = [
-        "firewall",
-        "add",
-        "b",
-        "--direction",
-        "in",
-        "--proto",
-        "icmp",
-        "--port",
-        "22",
-        "--action",
-        "deny",
-    ];
+    let mut icmp_port = add(&["b"], "in", "icmp", "deny");
+    icmp_port.extend(["--port", "22"]);
     svc.fails(&icmp_port, "tcp or udp");
-    let nowhere = [
-        "firewall",
-        "add",
-        "zz",
-        "--direction",
-        "in",
-        "--proto",
-        "any",
-        "--action",
-        "deny",
-    ];
+    let nowhere = add(&["zz"], "in", "any", "deny");
     svc.fails(&nowhere, "no network or port named");
     svc.fails(&["port", "delete", "b"], "has firewall rules (1)");
     svc.ok(&["network", "create", "b"]);
-    let both = [
-        "firewall",
-        "add",
-        "b",
-        "--direction",
-        "in",
-        "--proto",
-        "tcp",
-        "--action",
-        "deny",
-    ];
+    let both = add(&["b"], "in", "tcp", "deny");
     svc.fails(&both, "names both a network and a port");
     svc.ok(&["network", "delete", "b"]);
 
@@ -136,18 +104,7 @@ fn firewall_rules_deny_count_and_survive_a_restart() {
     svc.ok(&["firewall", "default", "fwn", "deny"]);
     assert!(!ns.ping(0, "10.216.0.2"), "default deny");
     for (port, dir) in [("a", "out"), ("b", "in")] {
-        svc.ok(&[
-            "firewall",
-            "add",
-            "--port-name",
-            port,
-            "--direction",
-            dir,
-            "--proto",
-            "icmp",
-            "--action",
-            "allow",
-        ]);
+        svc.ok(&add(&["--port-name", port], dir, "icmp", "allow"));
     }
     assert!(ns.ping(0, "10.216.0.2"), "allowed a -> b, replies included");
     assert!(!ns.ping(1, "10.216.0.1"), "b -> a stays denied");

@@ -80,7 +80,6 @@ impl Ns {
         .expect("thread in namespace")
     }
 
-    /// Whether a TCP connection from here reaches `ip` in `peer` (this image has no ping).
     /// Whether a TCP connection from here reaches `ip` in `peer`, in three tries: on a
     /// loaded machine a just-moved tap's first exchange can be slow. Isolation checks use
     /// one try (`try_reach`).
@@ -88,15 +87,35 @@ impl Ns {
         (0..3).any(|_| self.try_reach(peer, ip))
     }
 
+    /// Whether one TCP connection from here reaches `ip` in `peer` (on a fresh port).
     pub fn try_reach(&self, peer: &Ns, ip: &str) -> bool {
         static NEXT: AtomicU16 = AtomicU16::new(31000);
         let port = NEXT.fetch_add(1, Ordering::Relaxed);
         let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+        self.connect(peer, addr, Duration::from_secs(3)).is_some()
+    }
+
+    /// A TCP connection from here to a listener on `addr` in `peer`: both ends, or `None`
+    /// if the client's connect fails within `timeout` or the server never sees it.
+    pub fn connect(
+        &self,
+        peer: &Ns,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Option<(TcpStream, TcpStream)> {
         let listener = peer.within(move || TcpListener::bind(addr).expect("bind in peer"));
+        let client = self.within(move || TcpStream::connect_timeout(&addr, timeout).ok())?;
+        // The client is connected once it has the SYN-ACK; the last ACK still has to cross
+        // the userspace switch before the server's accept sees it, so poll for it.
         listener.set_nonblocking(true).unwrap();
-        let connected =
-            self.within(move || TcpStream::connect_timeout(&addr, Duration::from_secs(3)).is_ok());
-        connected && listener.accept().is_ok()
+        for _ in 0..100 {
+            if let Ok((server, _)) = listener.accept() {
+                server.set_nonblocking(false).unwrap();
+                return Some((client, server));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     pub fn mac(&self, dev: &str) -> String {

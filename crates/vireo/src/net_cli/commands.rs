@@ -27,11 +27,7 @@ pub(super) fn network(c: &Client, cmd: NetworkCmd) -> Result<(), String> {
         }
         NetworkCmd::List { json } => {
             let list = c.call("GET", "/api/v1/networks", None)?;
-            if json {
-                show::pretty(&list);
-            } else {
-                print!("{}", show::networks(&list));
-            }
+            show::print(&list, json, show::networks);
         }
         NetworkCmd::Info { name } => {
             show::pretty(&c.call("GET", &format!("/api/v1/networks/{}", seg(&name)), None)?)
@@ -54,19 +50,16 @@ pub(super) fn port(c: &Client, cmd: PortCmd) -> Result<(), String> {
             let mut body = json!({
                 "name": name, "network": network, "mac": mac, "vlan": vlan, "trunk": trunk,
             });
-            let link = match (tap, vhost_user) {
-                (Some(tap), _) => {
-                    body["tap"] = json!(tap);
-                    "tap"
-                }
-                (None, Some(path)) => {
-                    // The service resolves nothing against our working directory.
-                    let path = std::path::absolute(&path)
-                        .map_err(|e| format!("{}: {e}", path.display()))?;
-                    body["vhost_user"] = json!(path);
-                    "vhost_user"
-                }
-                (None, None) => return Err("give --tap NAME or --vhost-user SOCKET".into()),
+            // clap takes exactly one of --tap and --vhost-user.
+            let link = if let Some(path) = vhost_user {
+                // The service resolves nothing against our working directory.
+                let path =
+                    std::path::absolute(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                body["vhost_user"] = json!(path);
+                "vhost_user"
+            } else {
+                body["tap"] = json!(tap);
+                "tap"
             };
             let p = c.call("POST", "/api/v1/ports", Some(body))?;
             println!(
@@ -82,11 +75,7 @@ pub(super) fn port(c: &Client, cmd: PortCmd) -> Result<(), String> {
         }
         PortCmd::List { json } => {
             let list = c.call("GET", "/api/v1/ports", None)?;
-            if json {
-                show::pretty(&list);
-            } else {
-                print!("{}", show::ports(&list));
-            }
+            show::print(&list, json, show::ports);
         }
         PortCmd::Info { name } => {
             show::pretty(&c.call("GET", &format!("/api/v1/ports/{}", seg(&name)), None)?)
@@ -124,11 +113,9 @@ pub(super) fn stats(c: &Client, port: Option<String>, json: bool) -> Result<(), 
         )?]),
         None => c.call("GET", "/api/v1/stats", None)?,
     };
-    if json {
-        show::pretty(if port.is_some() { &v[0] } else { &v });
-    } else {
-        print!("{}", show::stats(&v));
-    }
+    // One port's JSON is the object itself; its table still takes a list.
+    let shown = if port.is_some() { &v[0] } else { &v };
+    show::print(shown, json, |_| show::stats(&v));
     Ok(())
 }
 

@@ -28,8 +28,7 @@ pub(super) enum DhcpCmd {
 }
 
 pub(super) fn run(c: &Client, cmd: DhcpCmd) -> Result<(), String> {
-    let (network, json) = match cmd {
-        DhcpCmd::Leases { network, json } => (network, json),
+    match cmd {
         DhcpCmd::Set {
             network,
             dns,
@@ -51,18 +50,15 @@ pub(super) fn run(c: &Client, cmd: DhcpCmd) -> Result<(), String> {
                     dns.join(",")
                 }
             );
-            return Ok(());
         }
-    };
-    let list = c.call(
-        "GET",
-        &format!("/api/v1/networks/{}/leases", seg(&network)),
-        None,
-    )?;
-    if json {
-        show::pretty(&list);
-    } else {
-        print!("{}", leases(&list));
+        DhcpCmd::Leases { network, json } => {
+            let list = c.call(
+                "GET",
+                &format!("/api/v1/networks/{}/leases", seg(&network)),
+                None,
+            )?;
+            show::print(&list, json, leases);
+        }
     }
     Ok(())
 }

@@ -91,11 +91,7 @@ pub(super) fn run(c: &Client, cmd: FirewallCmd) -> Result<(), String> {
                 ),
                 None => list,
             };
-            if json {
-                show::pretty(&list);
-            } else {
-                print!("{}", rules(&list));
-            }
+            show::print(&list, json, rules);
         }
         FirewallCmd::Delete { id } => {
             c.call("DELETE", &format!("/api/v1/firewall/rules/{id}"), None)?;

@@ -92,11 +92,7 @@ pub(super) fn run(c: &Client, cmd: LbCmd) -> Result<(), String> {
         }
         LbCmd::List { json } => {
             let list = c.call("GET", "/api/v1/lbs", None)?;
-            if json {
-                show::pretty(&list);
-            } else {
-                print!("{}", lbs(&list));
-            }
+            show::print(&list, json, lbs);
         }
         LbCmd::Info { name } => {
             show::pretty(&c.call("GET", &format!("/api/v1/lbs/{}", seg(&name)), None)?)

@@ -231,11 +231,7 @@ pub fn run(args: NetArgs) -> Result<(), String> {
         NetCmd::Flows { json, limit } => firewall::flows(&c, json, limit),
         NetCmd::Fdb { json } => {
             let fdb = c.call("GET", "/api/v1/fdb", None)?;
-            if json {
-                show::pretty(&fdb);
-            } else {
-                print!("{}", show::fdb(&fdb));
-            }
+            show::print(&fdb, json, show::fdb);
             Ok(())
         }
     }

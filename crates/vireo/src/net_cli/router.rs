@@ -143,11 +143,7 @@ pub(super) fn run(c: &Client, cmd: RouterCmd) -> Result<(), String> {
         }
         RouterCmd::List { json } => {
             let list = c.call("GET", "/api/v1/routers", None)?;
-            if json {
-                show::pretty(&list);
-            } else {
-                print!("{}", routers(&list));
-            }
+            show::print(&list, json, routers);
         }
         RouterCmd::Info { name } => show::pretty(&c.call("GET", &path(&name, ""), None)?),
         RouterCmd::Route { cmd } => route(c, cmd)?,
@@ -176,26 +172,11 @@ fn route(c: &Client, cmd: RouteCmd) -> Result<(), String> {
         }
         RouteCmd::List { router, json } => {
             let r = c.call("GET", &path(&router, ""), None)?;
-            if json {
-                show::pretty(&r["routes"]);
-            } else {
-                let mut rows: Vec<Vec<String>> = rows(&r["interfaces"])
-                    .iter()
-                    .map(|i| vec![opt(&i["subnet"]), "-".into(), opt(&i["network"])])
-                    .collect();
-                rows.extend(
-                    rows_of(&r["routes"])
-                        .map(|rt| vec![opt(&rt["cidr"]), opt(&rt["via"]), String::new()]),
-                );
-                print!("{}", table(&["DESTINATION", "VIA", "NETWORK"], rows));
-            }
+            // The JSON is the static routes; the table also shows the connected subnets.
+            show::print(&r["routes"], json, |_| route_table(&r));
         }
     }
     Ok(())
-}
-
-fn rows_of(v: &Value) -> impl Iterator<Item = &Value> {
-    rows(v).iter()
 }
 
 fn nat(c: &Client, cmd: NatCmd) -> Result<(), String> {
@@ -220,45 +201,55 @@ fn nat(c: &Client, cmd: NatCmd) -> Result<(), String> {
         }
         NatCmd::List { router, json } => {
             let r = c.call("GET", &path(&router, "/nat"), None)?;
-            if json {
-                show::pretty(&r);
-            } else {
-                print!("{}", nat_rules(&r));
-            }
+            show::print(&r, json, nat_rules);
         }
         NatCmd::Sessions { router, json } => {
             let s = c.call("GET", &path(&router, "/sessions"), None)?;
-            if json {
-                show::pretty(&s);
-            } else {
-                let rows = rows(&s)
-                    .iter()
-                    .map(|s| {
-                        let o = &s["original"];
-                        let r = &s["reply"];
-                        vec![
-                            opt(&o["proto"]),
-                            opt(&o["src"]),
-                            opt(&o["dst"]),
-                            opt(&r["src"]),
-                            opt(&r["dst"]),
-                            opt(&s["expires_secs"]),
-                        ]
-                    })
-                    .collect();
-                let head = [
-                    "PROTO",
-                    "SOURCE",
-                    "DESTINATION",
-                    "REPLY FROM",
-                    "REPLY TO",
-                    "EXPIRES(S)",
-                ];
-                print!("{}", table(&head, rows));
-            }
+            show::print(&s, json, sessions);
         }
     }
     Ok(())
+}
+
+/// A router's routing table: its connected subnets, then its static routes.
+fn route_table(r: &Value) -> String {
+    let connected = rows(&r["interfaces"])
+        .iter()
+        .map(|i| vec![opt(&i["subnet"]), "-".into(), opt(&i["network"])]);
+    let routes = rows(&r["routes"])
+        .iter()
+        .map(|rt| vec![opt(&rt["cidr"]), opt(&rt["via"]), String::new()]);
+    table(
+        &["DESTINATION", "VIA", "NETWORK"],
+        connected.chain(routes).collect(),
+    )
+}
+
+fn sessions(list: &Value) -> String {
+    let rows = rows(list)
+        .iter()
+        .map(|s| {
+            let o = &s["original"];
+            let r = &s["reply"];
+            vec![
+                opt(&o["proto"]),
+                opt(&o["src"]),
+                opt(&o["dst"]),
+                opt(&r["src"]),
+                opt(&r["dst"]),
+                opt(&s["expires_secs"]),
+            ]
+        })
+        .collect();
+    let head = [
+        "PROTO",
+        "SOURCE",
+        "DESTINATION",
+        "REPLY FROM",
+        "REPLY TO",
+        "EXPIRES(S)",
+    ];
+    table(&head, rows)
 }
 
 fn nat_rules(list: &Value) -> String {

@@ -10,6 +10,15 @@ pub fn pretty(v: &Value) {
     );
 }
 
+/// A listing: its JSON pretty-printed with `--json`, else `table(v)`.
+pub(super) fn print(v: &Value, json: bool, table: impl FnOnce(&Value) -> String) {
+    if json {
+        pretty(v);
+    } else {
+        print!("{}", table(v));
+    }
+}
+
 /// Left-aligned columns, each as wide as its widest cell.
 pub(super) fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();

@@ -68,21 +68,14 @@ pub fn wait_exit(guard: &mut KillOnDrop, timeout: Duration) -> Option<i32> {
     }
 }
 
+/// The workspace root (for tests that build other crates in it).
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// The guest image, built once and cached like `vireo image build` does.
-pub fn image(out: &Path) -> vireo_image::GuestImage {
-    let cache = std::env::var_os("VIREO_IMAGE_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".cache/image"));
-    vireo_image::build(&vireo_image::BuildOptions {
-        out_dir: out.to_path_buf(),
-        cache_dir: cache,
-    })
-    .expect("vireo image build")
-}
+#[allow(unused_imports)] // as `dead_code` for the rest: not every test crate boots the image
+pub use vireo_image::console::cached_image as image;
 
 /// The ELF `vmlinux` inside a bzImage (its payload is LZ4, legacy frame format), decompressed
 /// with the `lz4` tool, as the kernel's own scripts/extract-vmlinux does.
