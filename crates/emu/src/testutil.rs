@@ -135,6 +135,7 @@ impl TestMachine {
 
 /// A tiny deterministic generator (xorshift) for randomized differential tests, with
 /// edge-biased values.
+#[derive(Clone)]
 pub struct Rng(pub u64);
 
 impl Rng {

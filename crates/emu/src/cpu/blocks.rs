@@ -22,6 +22,9 @@ const MAX_BLOCKS: usize = 1 << 16;
 const NO_PAGE: u64 = u64::MAX;
 /// Entries of the direct-mapped front of the block cache.
 const FAST_BITS: u32 = 12;
+/// Longest trace translated as one unit, in blocks and in instructions.
+const TRACE_BLOCKS: usize = 8;
+const TRACE_INSNS: usize = 256;
 
 pub struct Block {
     /// Linear address and code width the block was decoded for.
@@ -44,6 +47,12 @@ pub struct Block {
     pub(super) link: RefCell<[Option<Jump>; 2]>,
     /// Its translation to host code, or how often it ran so far (`jit/`).
     pub(super) tr: Cell<Tr>,
+    /// The blocks its translation runs after it (a trace, see `BlockCache::trace`), each with
+    /// the index of its first instruction in the translation.
+    pub(super) trace: RefCell<Vec<(Rc<Block>, u32)>>,
+    /// How much more often its final conditional branch was taken than not, as far as the
+    /// run loop saw (saturating): the direction a trace follows.
+    bias: Cell<i16>,
 }
 
 impl Block {
@@ -51,6 +60,39 @@ impl Block {
     fn retire(&self) {
         self.valid.set(false);
         *self.link.borrow_mut() = [None, None];
+        self.trace.borrow_mut().clear();
+    }
+
+    /// Counts the direction its final conditional branch took, now that RIP is `rip`.
+    #[inline(always)]
+    fn count_branch(&self, rip: u64) {
+        if let Some((_, _, next, Fast::Jcc { target, .. })) = self.insns.last() {
+            let b = self.bias.get();
+            if rip == *target && rip != *next {
+                self.bias.set(b.saturating_add(1));
+            } else if rip == *next {
+                self.bias.set(b.saturating_sub(1));
+            }
+        }
+    }
+
+    /// Where control most likely goes after the block when it does not leave through a
+    /// return or an indirect branch: the likelier side of a conditional branch, the target of
+    /// a direct jump or call, the next instruction after a block cut at its length limit.
+    fn follow(&self) -> Option<u64> {
+        let (ins, _, next, f) = self.insns.last()?;
+        match *f {
+            Fast::Jcc { target, .. } if self.bias.get() > 0 => Some(target),
+            Fast::Jcc { .. } => Some(*next),
+            Fast::Jmp { target } | Fast::Call { target } => Some(target),
+            _ if self.insns.len() == MAX_BLOCK
+                && ins.flow_control() == FlowControl::Next
+                && ins.code() != Code::INVALID =>
+            {
+                Some(*next)
+            }
+            _ => None,
+        }
     }
 
     /// The linked block that is the block for RIP now, if any.
@@ -126,6 +168,37 @@ impl BlockCache {
         }
     }
 
+    /// The blocks a translation of `head` runs after it: from each block to the block it
+    /// most likely goes to (`Block::follow`), while that is decoded already, new to the trace
+    /// and on head's page. One page means one mapping (the head's being current makes theirs
+    /// current) and one invalidation (a write that drops any of them drops the head).
+    pub(super) fn trace(&self, head: &Block) -> Vec<Rc<Block>> {
+        let mut out: Vec<Rc<Block>> = Vec::new();
+        if head.bits != 64 || head.next_page != NO_PAGE {
+            return out;
+        }
+        let mut len = head.insns.len();
+        let mut at = head.follow();
+        while let Some(x) = at.filter(|_| out.len() + 1 < TRACE_BLOCKS) {
+            if x >> 12 != head.virt >> 12 {
+                break;
+            }
+            let key = (head.phys & !0xfff | x & 0xfff, x);
+            let Some(b) = self.blocks.get(&key) else {
+                break;
+            };
+            let seen = std::ptr::eq(&**b, head) || out.iter().any(|o| Rc::ptr_eq(o, b));
+            len += b.insns.len();
+            if seen || !b.valid.get() || b.bits != 64 || b.next_page != NO_PAGE || len > TRACE_INSNS
+            {
+                break;
+            }
+            at = b.follow();
+            out.push(b.clone());
+        }
+        out
+    }
+
     pub fn clear(&mut self) {
         for b in self.blocks.values() {
             b.retire();
@@ -149,6 +222,9 @@ impl Cpu {
     /// before (`prev`), then the jump cache, then by physical address.
     #[inline]
     pub(super) fn lookup_block(&mut self, prev: Option<&Rc<Block>>) -> Result<Rc<Block>, Fault> {
+        if let Some(p) = prev {
+            p.count_branch(self.rip);
+        }
         if self.long64 {
             if let Some(b) = prev.and_then(|p| p.linked(self)) {
                 return Ok(b);
@@ -318,6 +394,8 @@ impl Cpu {
             valid: Cell::new(true),
             link: RefCell::new([None, None]),
             tr: Cell::new(Tr::Cold(0)),
+            trace: RefCell::new(Vec::new()),
+            bias: Cell::new(0),
             virt: self.rip,
             phys,
             next_page: NO_PAGE,

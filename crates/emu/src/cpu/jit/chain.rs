@@ -7,9 +7,11 @@
 //! translation that completed its whole block the next block can start at once if its
 //! translation is current and nothing is waiting: the budget is not spent and neither the
 //! kick nor the attention flag is up. The next block is one the finished block links to
-//! (`run.rs`), valid only for the RIP, CPL and translations of now.
+//! (`run.rs`), valid only for the RIP, CPL and translations of now. A translation that ran a
+//! trace says which of its blocks it left from: that one's links say what comes next, and the
+//! interpreter finishes that one after a side exit.
 
-use super::{Entry, Tr, ENDED};
+use super::{Entry, Item, Tr, ENDED, PART_SHIFT};
 use crate::cpu::blocks::Block;
 use crate::cpu::Cpu;
 use std::rc::Rc;
@@ -41,10 +43,22 @@ impl Cpu {
             // registers, flags and RIP, the TLB that `tlb` points to (not resized while it
             // runs) and guest RAM through host pointers that TLB holds.
             let r = unsafe { entry(self, tlb) };
+            let mut k = r as u32;
+            self.icount += u64::from(k);
+            self.jit.ran += u64::from(k);
+            let part = (r >> PART_SHIFT) as u8;
+            if part != 0 {
+                // It left from a block of the trace: that block is the one the interpreter
+                // goes on with, or whose links say what runs next.
+                let Some((b, first)) = block.trace.borrow().get(usize::from(part) - 1).cloned()
+                else {
+                    return block.insns.len();
+                };
+                k = k.saturating_sub(first);
+                *block = b;
+            }
             let n = block.insns.len();
-            let k = (r as u32 as usize).min(n);
-            self.icount += k as u64;
-            self.jit.ran += k as u64;
+            let k = (k as usize).min(n);
             if r & ENDED != 0 {
                 // An instruction run by `jit_step` ended the block: nothing is left of it,
                 // and the run loop must look at the state before anything else runs.
@@ -93,7 +107,21 @@ impl Cpu {
                 if !block.valid.get() {
                     return None;
                 }
-                let t = self.jit.get()?.translate(&block.insns).unwrap_or(Tr::Never);
+                let trace = self.blocks.trace(block);
+                let parts: Vec<&[Item]> = std::iter::once(&block.insns[..])
+                    .chain(trace.iter().map(|b| &b.insns[..]))
+                    .collect();
+                let t = self.jit.get()?.translate(&parts).unwrap_or(Tr::Never);
+                self.jit.traced += trace.len() as u64;
+                let mut first = block.insns.len() as u32;
+                *block.trace.borrow_mut() = trace
+                    .into_iter()
+                    .map(|b| {
+                        let at = first;
+                        first += b.insns.len() as u32;
+                        (b, at)
+                    })
+                    .collect();
                 block.tr.set(t);
                 match t {
                     Tr::Code { entry, .. } => Some(entry),

@@ -47,6 +47,8 @@ pub(super) struct Gen<'a> {
     dirty: u16,
     /// `None`: the flags are the ones in the Cpu (at entry, or after a `step`).
     pub flags: Option<Pending>,
+    /// Which block of the trace is being translated (`super::PART_SHIFT`).
+    pub part: u64,
     sigs: Sigs,
 }
 
@@ -89,6 +91,7 @@ impl<'a> Gen<'a> {
             regs: [None; 16],
             dirty: 0,
             flags: None,
+            part: 0,
             sigs,
         }
     }
@@ -309,6 +312,7 @@ impl<'a> Gen<'a> {
         let (cont, out) = (self.b.create_block(), self.b.create_block());
         self.b.ins().brif(on, cont, &[], out, &[]);
         self.b.switch_to_block(out);
+        let r = self.tag(r);
         self.b.ins().return_(&[r]);
         self.b.switch_to_block(cont);
         self.regs = [None; 16];
@@ -324,7 +328,18 @@ impl<'a> Gen<'a> {
         };
         self.b.ins().store(host(), rip, self.cpu, l::RIP);
         let k = self.b.ins().iconst(I64, i64::from(k));
-        self.b.ins().return_(&[k]);
+        let r = self.tag(k);
+        self.b.ins().return_(&[r]);
+    }
+
+    /// A result with the trace block it leaves from.
+    fn tag(&mut self, r: Value) -> Value {
+        if self.part == 0 {
+            return r;
+        }
+        self.b
+            .ins()
+            .bor_imm_s(r, (self.part << super::PART_SHIFT) as i64)
     }
 
     /// `Flags::explicit` as the translation would leave it.

@@ -1,8 +1,13 @@
 //! The translation tier: hot blocks of 64-bit code become host machine code (Cranelift).
 //!
-//! A block that has run [`HOT`] times is translated: instructions with a fast form the
-//! translator supports (`ops.rs`) become code, the others a call of the interpreter's code for
-//! them (`jit_step`), with the state in the Cpu. Generated code follows the fast forms' rule:
+//! A block that has run [`HOT`] times is translated, together with its trace: the blocks on its
+//! page that control most likely reaches next through its fall-through, a direct jump or call,
+//! or the likelier side of its conditional branch, and so on (`BlockCache::trace`). A branch
+//! between them goes on in the same code, leaving only on the side the trace does not follow,
+//! so registers and flags stay in host registers across blocks and the run loop's hop from
+//! block to block is saved. Instructions with a fast form the translator supports (`ops.rs`)
+//! become code, the others a call of the interpreter's code for them (`jit_step`), with the
+//! state in the Cpu. Generated code follows the fast forms' rule:
 //! it never faults. Memory goes through an inline lookup of the same TLB fast path, and on a miss
 //! (or anything else a fast form would hand to its handler) the code stores the state as it
 //! was before that instruction and returns its index, so the block loop re-executes it through
@@ -104,6 +109,11 @@ pub const STEP_ON: u64 = u64::MAX;
 /// or something the run loop must see), the interpreter runs nothing more of it.
 pub const ENDED: u64 = 1 << 32;
 
+/// In an `Entry` result, from this bit: which block of the trace the translation left from (0
+/// for the block translated, `n` for the n-th of its trace). The low 32 bits count the
+/// instructions completed across all of them.
+pub const PART_SHIFT: u32 = 40;
+
 /// Called by generated code for an instruction it has no code for, with the registers, flags
 /// and RIP in the Cpu (RIP that of the instruction) and `k` the instructions completed before
 /// it in this translation. Runs it as the block loop does: its fast form, else its handler.
@@ -196,10 +206,12 @@ impl Jit {
         self.region.epoch()
     }
 
-    /// Translates a block: instructions with a supported fast form become code, the others
-    /// calls of `jit_step`. `None` for an empty block or if compilation fails.
-    pub fn translate(&mut self, insns: &[Item]) -> Option<Tr> {
-        if insns.is_empty() {
+    /// Translates a block and the blocks of its trace (`parts`, each the instructions of one
+    /// block, each block where the one before goes on): instructions with a supported fast form
+    /// become code, the others calls of `jit_step`. `None` for an empty block or if compilation
+    /// fails.
+    pub fn translate(&mut self, parts: &[&[Item]]) -> Option<Tr> {
+        if parts.first().is_none_or(|p| p.is_empty()) {
             return None;
         }
         let call_conv = self.isa.default_call_conv();
@@ -229,28 +241,36 @@ impl Jit {
         };
         let mut g = gen::Gen::new(b, sigs);
         let mut ended = false;
-        for (k, item) in insns.iter().enumerate() {
-            let (ins, _, next, f) = item;
-            let at = ops::At {
-                k: k as u32,
-                ip: ins.ip(),
-                next: *next,
-            };
-            match g.op(f, &at) {
-                ops::Done::Next => {}
-                ops::Done::End => {
-                    ended = true;
-                    break;
+        let mut k0 = 0u32;
+        'parts: for (i, items) in parts.iter().enumerate() {
+            g.part = i as u64;
+            // Where the next block of the trace starts: the code goes on there.
+            let follow = parts.get(i + 1).and_then(|p| p.first()).map(|it| it.0.ip());
+            for (j, item) in items.iter().enumerate() {
+                let (ins, _, next, f) = item;
+                let at = ops::At {
+                    k: k0 + j as u32,
+                    ip: ins.ip(),
+                    next: *next,
+                    follow: follow.filter(|_| j + 1 == items.len()),
+                };
+                match g.op(f, &at) {
+                    ops::Done::Next => {}
+                    ops::Done::End => {
+                        ended = true;
+                        break 'parts;
+                    }
+                    // No code of its own: the interpreter's, called from the translation.
+                    ops::Done::No => g.step(item, at.k, at.ip),
                 }
-                // No code of its own: the interpreter's, called from the translation.
-                ops::Done::No => g.step(item, at.k, at.ip),
             }
+            k0 += items.len() as u32;
         }
         if !ended {
             // The block ends without a branch (its length limit, or an instruction that ends
             // blocks and fell through): it continues after its last instruction.
-            let rip = insns.last().map_or(0, |i| i.2);
-            g.exit(insns.len() as u32, gen::Rip::Const(rip));
+            let rip = parts.last().and_then(|p| p.last()).map_or(0, |i| i.2);
+            g.exit(k0, gen::Rip::Const(rip));
         }
         g.b.seal_all_blocks();
         // Finishing resets the builder context for the next block.
@@ -289,6 +309,8 @@ pub struct Tier {
     pub hot: u32,
     /// Instructions completed in translated code.
     pub ran: u64,
+    /// Blocks translated after another one, in its trace.
+    pub traced: u64,
     jit: Option<Box<Jit>>,
 }
 
@@ -301,6 +323,7 @@ impl Default for Tier {
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(HOT),
             ran: 0,
+            traced: 0,
             jit: None,
         }
     }

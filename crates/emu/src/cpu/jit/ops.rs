@@ -23,6 +23,9 @@ pub(super) struct At {
     pub k: u32,
     pub ip: u64,
     pub next: u64,
+    /// For the last instruction of a block in a trace: where the next block of the trace
+    /// starts, so that a branch there goes on with it instead of leaving.
+    pub follow: Option<u64>,
 }
 
 impl Gen<'_> {
@@ -300,6 +303,27 @@ impl Gen<'_> {
     fn branch(&mut self, f: &Fast, at: &At) -> Done {
         let (k, ip, next) = (at.k, at.ip, at.next);
         let to = match *f {
+            Fast::Jcc { cc, target } if at.follow.is_some_and(|x| x == next || x == target) => {
+                if target != next {
+                    // Leave on the side the trace does not follow.
+                    let c = self.cond(cc);
+                    let stays = at.follow == Some(target);
+                    let (on, off) = (self.b.create_block(), self.b.create_block());
+                    let (when_c, else_c) = if stays { (on, off) } else { (off, on) };
+                    self.b.ins().brif(c, when_c, &[], else_c, &[]);
+                    self.b.switch_to_block(off);
+                    let away = if stays { next } else { target };
+                    self.exit(k + 1, Rip::Const(away));
+                    self.b.switch_to_block(on);
+                }
+                return Done::Next;
+            }
+            Fast::Jmp { target } if at.follow == Some(target) => return Done::Next,
+            Fast::Call { target } if at.follow == Some(target) => {
+                let n = self.iconst(next);
+                self.push(n, k, ip);
+                return Done::Next;
+            }
             Fast::Jcc { cc, target } => {
                 let c = self.cond(cc);
                 let taken = self.b.create_block();

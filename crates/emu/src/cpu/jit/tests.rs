@@ -221,6 +221,18 @@ fn emit_stepped(a: &mut Asm, g: &mut Rng) -> Result<(), IcedError> {
     }
 }
 
+/// Appends `n` random instructions; with `stepped`, a quarter of them without code in the tier.
+fn emit_mix(a: &mut Asm, g: &mut Rng, n: u64, stepped: bool) -> Result<(), IcedError> {
+    for _ in 0..n {
+        if stepped && g.below(4) == 0 {
+            emit_stepped(a, g)?;
+        } else {
+            emit(a, g)?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs `code` from a state; `jit` chooses the tier, `warm` whether the TLB holds the data and
 /// stack pages before the start.
 fn run(
@@ -272,14 +284,8 @@ fn random_sequences_match_the_interpreter() {
     for case in 0..400 {
         let mut a = CodeAssembler::new(64).unwrap();
         // Every other case mixes in instructions run through `jit_step`.
-        let stepped = case % 2 == 1;
-        for _ in 0..1 + g.below(24) {
-            if stepped && g.below(4) == 0 {
-                emit_stepped(&mut a, &mut g).unwrap();
-            } else {
-                emit(&mut a, &mut g).unwrap();
-            }
-        }
+        let n = 1 + g.below(24);
+        emit_mix(&mut a, &mut g, n, case % 2 == 1).unwrap();
         a.hlt().unwrap();
         let code = a.assemble(CODE).unwrap();
         let (regs, mem, flags) = state(&mut g);
@@ -290,6 +296,23 @@ fn random_sequences_match_the_interpreter() {
         translated += j.cpu.jit.translated();
     }
     assert!(translated > 300, "only {translated} blocks translated");
+}
+
+/// Runs a loop of `code` that counts RSI down from 200 from a random state (the same for both
+/// tiers: `g` is cloned), with the data area grown below DATA for the shrinking index.
+fn run_loop(code: &[u8], g: &Rng, jit: bool) -> TestMachine {
+    let (mut regs, mem, flags) = state(&mut g.clone());
+    regs[3] = DATA - 8 * 200;
+    let mut big = vec![0u8; 8 * 200];
+    big.extend_from_slice(&mem);
+    let mut m = TestMachine::new64(code);
+    m.cpu.jit.on = jit;
+    m.cpu.jit.hot = 16;
+    m.load(DATA - 8 * 200, &big);
+    m.cpu.gpr = regs;
+    m.cpu.flags.set(flags);
+    assert_eq!(m.run(1_000_000), Stop::Halt, "jit {jit}");
+    m
 }
 
 /// A loop whose body and conditional branch are translated, run many times, with the exit
@@ -318,24 +341,107 @@ fn loops_reuse_translations() {
         }
         a.hlt().unwrap();
         let code = a.assemble(CODE).unwrap();
-        let (mut regs, mem, flags) = state(&mut g);
-        regs[3] = DATA - 8 * 200;
-        let mut big = vec![0u8; 8 * 200];
-        big.extend_from_slice(&mem);
-        let run2 = |jit| {
-            let mut m = TestMachine::new64(&code);
-            m.cpu.jit.on = jit;
-            m.cpu.jit.hot = 16;
-            m.load(DATA - 8 * 200, &big);
-            m.cpu.gpr = regs;
-            m.cpu.flags.set(flags);
-            assert_eq!(m.run(1_000_000), Stop::Halt);
-            m
-        };
-        let (j, i) = (run2(true), run2(false));
+        let (j, i) = (run_loop(&code, &g, true), run_loop(&code, &g, false));
         same(&j, &i, &format!("loop {case}"));
         assert!(j.cpu.jit.translated() > 0, "loop {case} not translated");
     }
+}
+
+/// Loops through blocks joined by conditional branches on random flags (both directions
+/// likely, so traces follow either), direct jumps and calls on the same page: translations
+/// that run traces of blocks, leaving from any of them, must leave the interpreter's state.
+#[test]
+fn traces_match_the_interpreter() {
+    let mut g = Rng(0x6a09_e667_f3bc_c908);
+    let mut traced = 0;
+    for case in 0..80 {
+        let stepped = case % 2 == 1;
+        let mut a = CodeAssembler::new(64).unwrap();
+        let mut func = a.create_label();
+        a.mov(rsi, 200u64).unwrap();
+        let mut top = a.create_label();
+        a.set_label(&mut top).unwrap();
+        for _ in 0..3 {
+            let n = 1 + g.below(4);
+            emit_mix(&mut a, &mut g, n, stepped).unwrap();
+            let mut skip = a.create_label();
+            match g.below(4) {
+                0 => a.jb(skip),
+                1 => a.jge(skip),
+                2 => a.jnz(skip),
+                _ => a.jp(skip),
+            }
+            .unwrap();
+            let n = 1 + g.below(4);
+            emit_mix(&mut a, &mut g, n, stepped).unwrap();
+            match g.below(3) {
+                0 => a.call(func).unwrap(),
+                1 => {
+                    let mut over = a.create_label();
+                    a.jmp(over).unwrap();
+                    emit(&mut a, &mut g).unwrap(); // never runs
+                    a.set_label(&mut over).unwrap();
+                    emit(&mut a, &mut g).unwrap();
+                }
+                _ => {}
+            }
+            a.set_label(&mut skip).unwrap();
+            emit(&mut a, &mut g).unwrap();
+        }
+        a.sub(rsi, 1).unwrap();
+        a.jnz(top).unwrap();
+        a.hlt().unwrap();
+        a.set_label(&mut func).unwrap();
+        let n = 1 + g.below(6);
+        emit_mix(&mut a, &mut g, n, stepped).unwrap();
+        a.ret().unwrap();
+        let code = a.assemble(CODE).unwrap();
+        let (j, i) = (run_loop(&code, &g, true), run_loop(&code, &g, false));
+        same(&j, &i, &format!("case {case}"));
+        traced += j.cpu.jit.traced;
+    }
+    assert!(traced > 100, "only {traced} blocks translated in traces");
+}
+
+/// A TLB miss in a later block of a trace (a new data page every iteration): the code exits
+/// there, and the interpreter finishes that block, which it knows, rather than decoding a new
+/// block at the exit's address.
+#[test]
+fn a_tlb_miss_in_a_trace_exits_into_its_block() {
+    let mut a = CodeAssembler::new(64).unwrap();
+    let mut top = a.create_label();
+    let mut never = a.create_label();
+    a.mov(rsi, 200u64).unwrap();
+    a.set_label(&mut top).unwrap();
+    a.add(rax, rcx).unwrap();
+    a.cmp(rsi, 1000).unwrap();
+    a.jae(never).unwrap();
+    a.mov(r9, rsi).unwrap(); // the trace follows the fall-through
+    a.shl(r9, 12).unwrap();
+    a.mov(r8, qword_ptr(rbx + r9)).unwrap(); // a TLB miss every time
+    a.add(r10, r8).unwrap();
+    a.dec(rsi).unwrap();
+    a.jnz(top).unwrap();
+    a.set_label(&mut never).unwrap();
+    a.hlt().unwrap();
+    let code = a.assemble(CODE).unwrap();
+    let run = |jit| {
+        let mut m = TestMachine::new64(&code);
+        m.cpu.jit.on = jit;
+        m.cpu.jit.hot = 16;
+        m.cpu.gpr[1] = 3;
+        m.cpu.gpr[3] = DATA;
+        for k in 1..=200 {
+            m.load(DATA + (k << 12), &k.to_le_bytes());
+        }
+        assert_eq!(m.run(1_000_000), Stop::Halt, "jit {jit}");
+        m
+    };
+    let (j, i) = (run(true), run(false));
+    same(&j, &i, "page walk");
+    assert_eq!(j.cpu.gpr[10], (1..=200).sum::<u64>());
+    assert!(j.cpu.jit.traced > 0, "no trace");
+    assert_eq!(j.cpu.blocks.len(), i.cpu.blocks.len(), "blocks decoded");
 }
 
 /// Calls the function `func` at `f` `times` times, adding each EAX to R8, then lets `patch`
@@ -388,6 +494,27 @@ fn a_write_to_translated_code_takes_effect() {
             "jit {jit}"
         );
         assert_eq!(jit, m.cpu.jit.translated() > 0);
+    }
+}
+
+/// Self-modifying code in a block that a translation runs in the trace of the block before
+/// it: the write to their page drops both, and the next call runs the new immediate.
+#[test]
+fn a_write_to_a_block_in_a_trace_takes_effect() {
+    let f = CODE + 0x1000;
+    let mut b = CodeAssembler::new(64).unwrap();
+    let mut far = b.create_label();
+    b.cmp(ecx, 100_000).unwrap(); // 81 F9 imm32
+    b.jae(far).unwrap(); // 73 rel8: the trace goes on after it
+    b.mov(eax, 7u32).unwrap(); // B8 imm32: the immediate is at f + 9
+    b.add(eax, ecx).unwrap();
+    b.ret().unwrap();
+    b.set_label(&mut far).unwrap();
+    b.hlt().unwrap();
+    let func = b.assemble(f).unwrap();
+    for (jit, m) in patched_after_calls(f, &func, 200, |a| a.mov(dword_ptr(rdi + 9), 1000)) {
+        assert_eq!(m.cpu.gpr[0], 1200, "jit {jit}: the new code ran");
+        assert_eq!(jit, m.cpu.jit.traced > 0, "jit {jit}");
     }
 }
 
