@@ -15,7 +15,7 @@
 //! overrides, non-canonical targets) keeps its general handler in `exec/`, which stays the
 //! reference for their semantics.
 
-use super::flags::cc_number;
+use super::flags::{cc_number, CF};
 use super::mem::{read_host, write_host, Access};
 use super::operand::sext;
 use super::seg::canonical;
@@ -212,6 +212,18 @@ pub enum Fast {
         cc: u8,
         d: u8,
     },
+    /// BT of a register with an immediate bit number (already taken modulo the width).
+    BtRI {
+        sz: u8,
+        d: u8,
+        bit: u8,
+    },
+    /// BT of a memory operand with an immediate bit number (modulo the operand's width).
+    BtMI {
+        sz: u8,
+        bit: u8,
+        a: Addr,
+    },
     /// BSWAP of a 4- or 8-byte register.
     Bswap {
         w64: bool,
@@ -384,12 +396,19 @@ fn is_imm(k: OpKind) -> bool {
     matches!(
         k,
         OpKind::Immediate8
+            | OpKind::Immediate8to16
+            | OpKind::Immediate16
             | OpKind::Immediate8to32
             | OpKind::Immediate8to64
             | OpKind::Immediate32
             | OpKind::Immediate32to64
             | OpKind::Immediate64
     )
+}
+
+/// BT's immediate bit number, modulo the operand's width in bits.
+fn bit_number(ins: &Instruction, sz: u8) -> u8 {
+    ins.immediate8() & (sz * 8 - 1)
 }
 
 /// Chooses the fast form of a decoded instruction, for code of width `bits`.
@@ -549,13 +568,15 @@ fn digest_next(ins: &Instruction, bits: u32) -> Option<Fast> {
             }
             _ => {}
         }
-        let sz = match r0.size() {
-            8 | 4 | 1 => r0.size() as u8,
-            _ => return None,
-        };
+        let sz = r0.size() as u8;
         let d = gpr(r0, sz)?;
         let wide = sz >= 4;
         return match m {
+            Mnemonic::Bt if is_imm(k1) => Some(Fast::BtRI {
+                sz,
+                d,
+                bit: bit_number(ins, sz),
+            }),
             Mnemonic::Mov if k1 == OpKind::Register => Some(Fast::MovRR {
                 sz,
                 d,
@@ -587,6 +608,10 @@ fn digest_next(ins: &Instruction, bits: u32) -> Option<Fast> {
             }),
             _ => {
                 if let Some(op) = shift_op(m) {
+                    // Not at 16 bits, where a count beyond the width is its own case.
+                    if sz == 2 {
+                        return None;
+                    }
                     let cmask = if sz == 8 { 0x3f } else { 0x1f };
                     if k1 == OpKind::Register && r1 == Register::CL {
                         return Some(Fast::ShiftCl { op, sz, d });
@@ -631,7 +656,7 @@ fn digest_next(ins: &Instruction, bits: u32) -> Option<Fast> {
         return None;
     }
     let sz = ins.memory_size().size() as u8;
-    if !matches!(sz, 1 | 4 | 8) {
+    if !matches!(sz, 1 | 2 | 4 | 8) {
         return None;
     }
     if k1 == OpKind::Register {
@@ -648,6 +673,13 @@ fn digest_next(ins: &Instruction, bits: u32) -> Option<Fast> {
     }
     if !is_imm(k1) {
         return None;
+    }
+    if m == Mnemonic::Bt {
+        return Some(Fast::BtMI {
+            sz,
+            bit: bit_number(ins, sz),
+            a,
+        });
     }
     let v = imm(sz);
     if m == Mnemonic::Mov {
@@ -720,16 +752,17 @@ impl Cpu {
         if sz >= 4 {
             self.gpr[(r & 15) as usize] = v;
         } else {
-            self.put_byte(r, v);
+            self.put_narrow(r, sz, v);
         }
     }
 
-    /// The 1-byte case of `put`, out of line: merged into `put`, the compiler would make
-    /// every wide write depend on the register's old value.
+    /// The 1- and 2-byte cases of `put`, out of line: merged into `put`, the compiler would
+    /// make every wide write depend on the register's old value.
     #[inline(never)]
-    fn put_byte(&mut self, r: u8, v: u64) {
+    fn put_narrow(&mut self, r: u8, sz: u8, v: u64) {
         let i = (r & 15) as usize;
-        self.gpr[i] = (self.gpr[i] & !0xff) | (v & 0xff);
+        let m = mask(sz);
+        self.gpr[i] = (self.gpr[i] & !m) | (v & m);
     }
 
     /// Computes `a op b` at `sz` bytes (operands already truncated), records the flags, and
@@ -986,6 +1019,16 @@ impl Cpu {
                     shift_dyn(op, &mut self.flags, a, count, usize::from(sz))
                 };
                 self.put(d, sz, r);
+            }
+            Fast::BtRI { sz, d, bit } => {
+                let v = self.get(d, sz);
+                self.flags.update(CF, (v >> bit) & CF);
+            }
+            Fast::BtMI { sz, bit, a } => {
+                let Some(v) = self.load_fast(&a, sz as usize) else {
+                    return Step::Slow;
+                };
+                self.flags.update(CF, (v >> bit) & CF);
             }
             Fast::Cmov { cc, w64, d, s } => {
                 let i = (d & 15) as usize;

@@ -163,6 +163,59 @@ fn register_forms_match_the_handlers() {
 }
 
 #[test]
+fn word_forms_match_the_handlers() {
+    check(
+        "word registers",
+        |a| {
+            a.add(ax, cx)?;
+            a.test(cx, cx)?;
+            a.sub(dx, 0x7fff)?;
+            a.adc(r8w, r9w)?;
+            a.cmp(ax, dx)?;
+            a.mov(r10w, r11w)?;
+            a.mov(si, 0x8000)?;
+            a.inc(r12w)?;
+            a.dec(ax)?;
+            a.xor(r13w, ax)?;
+            a.sbb(cx, -1)?;
+            a.or(dx, 0x40)
+        },
+        0,
+    );
+    check(
+        "word memory",
+        |a| {
+            a.mov(word_ptr(rbx + rsi * 2), cx)?;
+            a.mov(r9w, word_ptr(rbx + 0x10))?;
+            a.cmp(word_ptr(rbx + 0x12), dx)?;
+            a.add(ax, word_ptr(rbx + rsi * 2 + 4))?;
+            a.mov(word_ptr(rbx + 0x21), 0x7f00)?;
+            a.and(word_ptr(rbx + 0x30), 0xfff0)?;
+            a.sub(word_ptr(rbx + rsi), r8w)?;
+            a.test(word_ptr(rbx + 0x32), 0x8001)
+        },
+        0,
+    );
+}
+
+#[test]
+fn bit_tests_match_the_handlers() {
+    check(
+        "bt",
+        |a| {
+            a.add(rax, rcx)?; // flags for BT to keep
+            a.bt(rax, 63)?;
+            a.bt(ecx, 37)?;
+            a.bt(dx, 21)?;
+            a.bt(dword_ptr(rbx + 0x10), 12)?;
+            a.bt(qword_ptr(rbx + rsi * 8), 200)?;
+            a.bt(word_ptr(rbx + 0x20), 15)
+        },
+        0,
+    );
+}
+
+#[test]
 fn byte_rotate_and_unary_forms_match_the_handlers() {
     check(
         "byte registers",
@@ -360,6 +413,12 @@ fn the_hot_forms_are_digested() {
     let mut l = a.create_label();
     a.set_label(&mut l).unwrap();
     a.test(dl, r8b).unwrap();
+    a.test(cx, cx).unwrap();
+    a.mov(word_ptr(rdx + rbx * 2), cx).unwrap();
+    a.cmp(word_ptr(rbx + 0x10), r8w).unwrap();
+    a.add(ax, 0x1234).unwrap();
+    a.bt(dword_ptr(rdi), 12).unwrap();
+    a.bt(rax, 5).unwrap();
     a.cmp(byte_ptr(rbx + 0x10), dl).unwrap();
     a.mov(byte_ptr(rbx + 0x21), 0x7f).unwrap();
     a.mov(r9b, byte_ptr(rbx + rsi)).unwrap();

@@ -83,6 +83,18 @@ impl Gen<'_> {
         v
     }
 
+    /// `Flags::update(clear, set)`: every arithmetic flag materialised, those in `clear`
+    /// replaced by `set`'s.
+    pub fn update_flags(&mut self, clear: u64, set: Value) {
+        let cur = self.arith();
+        let kept = self.b.ins().band_imm_s(cur, !clear as i64);
+        let arith = self.b.ins().bor(kept, set);
+        let old = self.explicit();
+        let other = self.b.ins().band_imm_s(old, !ARITH as i64);
+        let explicit = self.b.ins().bor(other, arith);
+        self.set_flags(Op::Explicit, 64, None, None, explicit, None);
+    }
+
     /// CF, as an `I8` boolean.
     pub fn cf(&mut self) -> Value {
         let Some(p) = self.flags else {

@@ -137,13 +137,17 @@ impl<'a> Gen<'a> {
         self.trunc(v, sz)
     }
 
-    /// Writes `sz` bytes (`v` truncated): 4 zero-extends, 1 keeps the rest of the register.
+    /// Writes `sz` bytes (`v` truncated): 4 zero-extends, 1 and 2 keep the rest of the
+    /// register.
     pub fn put(&mut self, r: u8, sz: u8, v: Value) {
         if sz >= 4 {
             self.set_reg(r, v);
         } else {
             let old = self.reg(r);
-            let keep = self.b.ins().band_imm_s(old, !0xff);
+            let keep = self
+                .b
+                .ins()
+                .band_imm_s(old, !crate::cpu::fast::mask(sz) as i64);
             let nv = self.b.ins().bor(keep, v);
             self.set_reg(r, nv);
         }

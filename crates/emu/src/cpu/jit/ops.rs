@@ -273,6 +273,16 @@ impl Gen<'_> {
                 };
                 self.set_reg(d, v);
             }
+            Fast::BtRI { sz, d, bit } => {
+                let v = self.get(d, sz);
+                self.bt(v, bit);
+            }
+            Fast::BtMI { sz, bit, a } => {
+                let lin = self.lin(&a);
+                let p = self.access(lin, sz, false, k, ip);
+                let v = self.load(p, sz);
+                self.bt(v, bit);
+            }
             Fast::Push { s } => {
                 let v = self.reg(s);
                 self.push(v, k, ip);
@@ -288,6 +298,13 @@ impl Gen<'_> {
             _ => return self.branch(f, at),
         }
         Done::Next
+    }
+
+    /// BT: CF is bit `bit` of `v`.
+    fn bt(&mut self, v: Value, bit: u8) {
+        let s = self.b.ins().ushr_imm_s(v, i64::from(bit));
+        let cf = self.b.ins().band_imm_s(s, 1);
+        self.update_flags(crate::cpu::flags::CF, cf);
     }
 
     /// Pushes 8 bytes, or exits before instruction `k`.

@@ -4,7 +4,7 @@
 
 use super::gen::Gen;
 use crate::cpu::exec::int::{ROL, ROR, SAR, SHL, SHR};
-use crate::cpu::flags::{Op, ARITH, CF, OF};
+use crate::cpu::flags::{Op, CF, OF};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::{I32, I64, I8};
 use cranelift_codegen::ir::{InstBuilder, Type, Value};
@@ -106,14 +106,8 @@ impl Gen<'_> {
     /// `Flags::update(CF | OF, ...)`: every arithmetic flag materialised, CF and OF replaced
     /// (`cf`, `of`: 0 or 1).
     fn rot_flags(&mut self, cf: Value, of: Value) {
-        let cur = self.arith();
-        let kept = self.b.ins().band_imm_s(cur, !(CF | OF) as i64);
         let of = self.b.ins().ishl_imm_s(of, 11);
         let set = self.b.ins().bor(cf, of);
-        let arith = self.b.ins().bor(kept, set);
-        let old = self.explicit();
-        let other = self.b.ins().band_imm_s(old, !ARITH as i64);
-        let explicit = self.b.ins().bor(other, arith);
-        self.set_flags(Op::Explicit, 64, None, None, explicit, None);
+        self.update_flags(CF | OF, set);
     }
 }

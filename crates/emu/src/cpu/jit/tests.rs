@@ -60,7 +60,7 @@ fn emit(a: &mut Asm, g: &mut Rng) -> Result<(), IcedError> {
             }
         };
     }
-    match g.below(28) {
+    match g.below(34) {
         0 => alu!(q, q2),
         1 => alu!(d, d2),
         2 => alu!(b, b2),
@@ -180,7 +180,22 @@ fn emit(a: &mut Asm, g: &mut Rng) -> Result<(), IcedError> {
             a.mov(ecx, (g.below(70)) as u32)?;
             a.shr(d, cl)
         }
-        _ => alu!(nt q, qword_ptr(mem.gs())),
+        27 => alu!(nt q, qword_ptr(mem.gs())),
+        28 => alu!(R16[i], R16[j]),
+        29 => alu!(nt R16[i], word_ptr(mem)),
+        30 => alu!(word_ptr(rbx + disp), R16[j]),
+        31 => match op % 4 {
+            0 => a.mov(word_ptr(mem), R16[j]),
+            1 => a.mov(R16[i], word_ptr(mem)),
+            2 => a.mov(R16[i], imm as u16 as u32),
+            _ => a.inc(R16[i]),
+        },
+        32 => match op % 3 {
+            0 => a.bt(q, g.below(256) as u32),
+            1 => a.bt(dword_ptr(mem), g.below(256) as u32),
+            _ => a.bt(qword_ptr(rbx + disp), g.below(256) as u32),
+        },
+        _ => alu!(R16[i], imm as i16 as i32),
     }
 }
 
@@ -196,11 +211,11 @@ fn emit_stepped(a: &mut Asm, g: &mut Rng) -> Result<(), IcedError> {
     let mem: AsmMemoryOperand = rbx + rsi * 8 + disp;
     let bit = g.below(64) as u32;
     match g.below(12) {
-        0 => a.bt(q, bit),
+        0 => a.btc(q, bit),
         1 => a.bts(d, bit & 31),
         2 => a.btr(qword_ptr(rbx + disp), bit),
-        3 => a.add(w, w2),
-        4 => a.mov(word_ptr(mem), w2),
+        3 => a.imul_2(w, w2),
+        4 => a.movsx(w, byte_ptr(mem)),
         5 => a.xchg(q, q2),
         6 => {
             a.movq(xmm1, q2)?;
@@ -568,7 +583,7 @@ fn a_write_to_the_second_page_of_a_straddling_instruction_takes_effect() {
 fn a_fault_in_a_stepped_instruction_is_delivered_from_a_precise_state() {
     let mut a = CodeAssembler::new(64).unwrap();
     a.add(rax, rcx).unwrap();
-    a.bt(rax, 3).unwrap(); // through jit_step
+    a.bts(rax, 3).unwrap(); // through jit_step
     a.setb(r9b).unwrap();
     a.xor(edx, edx).unwrap();
     a.div(r8).unwrap(); // R8 = 0: #DE, through jit_step
@@ -591,7 +606,7 @@ fn a_fault_in_a_stepped_instruction_is_delivered_from_a_precise_state() {
     assert_eq!(j.cpu.gpr, i.cpu.gpr);
     assert_eq!(j.cpu.icount, i.cpu.icount);
     assert!(j.cpu.jit.translated() >= 1);
-    assert_eq!(j.cpu.gpr[9] & 0xff, 1, "bt saw bit 3 of 8");
+    assert_eq!(j.cpu.gpr[9] & 0xff, 1, "bts saw bit 3 of 8");
     assert_eq!(j.cpu.gpr[10], 0, "nothing after the fault ran");
 }
 
