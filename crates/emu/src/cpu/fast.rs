@@ -19,7 +19,7 @@ use super::flags::{cc_number, CF};
 use super::mem::{read_host, write_host, Access};
 use super::operand::sext;
 use super::seg::canonical;
-use super::{Cpu, Seg};
+use super::{cr, Cpu, Seg};
 use crate::cpu::exec::int::{shift_dyn, ROL, ROR, SAR, SHL, SHR};
 use iced_x86::{Code, FlowControl, Instruction, Mnemonic, OpKind, Register};
 
@@ -224,6 +224,26 @@ pub enum Fast {
         bit: u8,
         a: Addr,
     },
+    /// An SSE load of `size` bytes (4, 8 or 16) into XMM register `x`, zero-extended
+    /// (MOVD, MOVQ, MOVSS, MOVSD; MOVUPS, MOVDQU and, `align`ed, MOVAPS and MOVDQA).
+    XLoad {
+        size: u8,
+        x: u8,
+        align: bool,
+        a: Addr,
+    },
+    /// An SSE store of the low `size` bytes of XMM register `x`.
+    XStore {
+        size: u8,
+        x: u8,
+        align: bool,
+        a: Addr,
+    },
+    /// A whole XMM register copied (MOVAPS, MOVUPS, MOVDQA, MOVDQU, MOVAPD, MOVUPD).
+    XMove {
+        d: u8,
+        s: u8,
+    },
     /// BSWAP of a 4- or 8-byte register.
     Bswap {
         w64: bool,
@@ -411,6 +431,60 @@ fn bit_number(ins: &Instruction, sz: u8) -> u8 {
     ins.immediate8() & (sz * 8 - 1)
 }
 
+/// The SSE moves with a fast form: (size, alignment required, loads into XMM) by code.
+fn sse_move(c: Code) -> Option<(u8, bool, bool)> {
+    Some(match c {
+        Code::Movd_xmm_rm32 | Code::Movss_xmm_xmmm32 => (4, false, true),
+        Code::Movd_rm32_xmm | Code::Movss_xmmm32_xmm => (4, false, false),
+        Code::Movq_xmm_rm64 | Code::Movq_xmm_xmmm64 | Code::Movsd_xmm_xmmm64 => (8, false, true),
+        Code::Movq_rm64_xmm | Code::Movq_xmmm64_xmm | Code::Movsd_xmmm64_xmm => (8, false, false),
+        Code::Movups_xmm_xmmm128 | Code::Movupd_xmm_xmmm128 | Code::Movdqu_xmm_xmmm128 => {
+            (16, false, true)
+        }
+        Code::Movups_xmmm128_xmm | Code::Movupd_xmmm128_xmm | Code::Movdqu_xmmm128_xmm => {
+            (16, false, false)
+        }
+        Code::Movaps_xmm_xmmm128 | Code::Movapd_xmm_xmmm128 | Code::Movdqa_xmm_xmmm128 => {
+            (16, true, true)
+        }
+        Code::Movaps_xmmm128_xmm | Code::Movapd_xmmm128_xmm | Code::Movdqa_xmmm128_xmm => {
+            (16, true, false)
+        }
+        _ => return None,
+    })
+}
+
+/// The fast form of an SSE move: memory operands in 64-bit code, or a whole-register copy.
+fn digest_sse(ins: &Instruction, bits: u32) -> Option<Fast> {
+    let (size, align, load) = sse_move(ins.code())?;
+    let xmm = |r: Register| {
+        r.is_xmm()
+            .then(|| (r as usize - Register::XMM0 as usize) as u8)
+    };
+    let (k0, k1) = (ins.op0_kind(), ins.op1_kind());
+    if k0 == OpKind::Register && k1 == OpKind::Register {
+        // Only the full copies: MOVSS/MOVSD between registers merge the low lane.
+        return (size == 16).then_some(Fast::XMove {
+            d: xmm(ins.op0_register())?,
+            s: xmm(ins.op1_register())?,
+        });
+    }
+    if bits != 64 {
+        return None;
+    }
+    let x = xmm(if load {
+        ins.op0_register()
+    } else {
+        ins.op1_register()
+    })?;
+    let a = addr64(ins)?;
+    Some(if load {
+        Fast::XLoad { size, x, align, a }
+    } else {
+        Fast::XStore { size, x, align, a }
+    })
+}
+
 /// Chooses the fast form of a decoded instruction, for code of width `bits`.
 pub fn digest(ins: &Instruction, bits: u32) -> Fast {
     #[cfg(test)]
@@ -472,7 +546,14 @@ pub fn digest(ins: &Instruction, bits: u32) -> Fast {
         FlowControl::Next => {}
         _ => return Fast::No,
     }
-    if ins.has_lock_prefix() || ins.has_rep_prefix() || ins.has_repne_prefix() {
+    if ins.has_lock_prefix() {
+        return Fast::No;
+    }
+    // MOVSS and MOVSD are F3/F2-prefixed: the prefixes are part of their opcode there.
+    if let Some(f) = digest_sse(ins, bits) {
+        return f;
+    }
+    if ins.has_rep_prefix() || ins.has_repne_prefix() {
         return Fast::No;
     }
     digest_next(ins, bits).unwrap_or(Fast::No)
@@ -737,6 +818,12 @@ impl Cpu {
             return None;
         }
         self.fast(lin, size, acc)
+    }
+
+    /// Whether SSE instructions run (else they raise #UD or #NM through their handlers).
+    #[inline(always)]
+    fn sse_ready(&self) -> bool {
+        self.cr0 & (cr::CR0_EM | cr::CR0_TS) == 0 && self.cr4 & cr::CR4_OSFXSR != 0
     }
 
     /// Reads a register of `sz` bytes.
@@ -1019,6 +1106,48 @@ impl Cpu {
                     shift_dyn(op, &mut self.flags, a, count, usize::from(sz))
                 };
                 self.put(d, sz, r);
+            }
+            Fast::XLoad { size, x, align, a } => {
+                let lin = self.lin(&a);
+                if !self.sse_ready() || align && lin & 15 != 0 {
+                    return Step::Slow;
+                }
+                let size = usize::from(size);
+                let Some(p) = self.ptr64(lin, size, Access::Read) else {
+                    return Step::Slow;
+                };
+                // SAFETY: `ptr64` returned a pointer with `size` readable bytes.
+                let v = unsafe { read_host(p, size.min(8)) };
+                let hi = if size == 16 {
+                    // SAFETY: as above, 16 bytes.
+                    unsafe { read_host(p.add(8), 8) }
+                } else {
+                    0
+                };
+                self.fpu.xmm[usize::from(x & 15)] = u128::from(hi) << 64 | u128::from(v);
+            }
+            Fast::XStore { size, x, align, a } => {
+                let lin = self.lin(&a);
+                if !self.sse_ready() || align && lin & 15 != 0 {
+                    return Step::Slow;
+                }
+                let size = usize::from(size);
+                let Some(p) = self.ptr64(lin, size, Access::Write) else {
+                    return Step::Slow;
+                };
+                let v = self.fpu.xmm[usize::from(x & 15)];
+                // SAFETY: `ptr64` returned a pointer with `size` writable bytes.
+                unsafe { write_host(p, size.min(8), v as u64) };
+                if size == 16 {
+                    // SAFETY: as above, 16 bytes.
+                    unsafe { write_host(p.add(8), 8, (v >> 64) as u64) };
+                }
+            }
+            Fast::XMove { d, s } => {
+                if !self.sse_ready() {
+                    return Step::Slow;
+                }
+                self.fpu.xmm[usize::from(d & 15)] = self.fpu.xmm[usize::from(s & 15)];
             }
             Fast::BtRI { sz, d, bit } => {
                 let v = self.get(d, sz);

@@ -199,6 +199,34 @@ fn word_forms_match_the_handlers() {
 }
 
 #[test]
+fn sse_moves_match_the_handlers() {
+    check(
+        "sse moves",
+        |a| {
+            a.movsd_2(xmm0, qword_ptr(rbx + 0x10))?;
+            a.movss(xmm1, dword_ptr(rbx + rsi * 4))?;
+            a.movq(xmm2, qword_ptr(rbx + 8))?;
+            a.movd(xmm3, dword_ptr(rbx + 0x20))?;
+            a.movups(xmm4, xmmword_ptr(rbx + rsi + 1))?;
+            a.movaps(xmm5, xmmword_ptr(rbx + 0x40))?;
+            a.movdqu(xmm6, xmmword_ptr(rbx + rsi * 8))?;
+            a.movaps(xmm7, xmm4)?;
+            a.movdqa(xmm8, xmm6)?;
+            a.movsd_2(qword_ptr(rbx + 0x100), xmm0)?;
+            a.movss(dword_ptr(rbx + 0x108), xmm1)?;
+            a.movq(qword_ptr(rbx + 0x110), xmm2)?;
+            a.movd(dword_ptr(rbx + 0x118), xmm3)?;
+            a.movups(xmmword_ptr(rbx + rsi + 0x120), xmm7)?;
+            a.movaps(xmmword_ptr(rbx + 0x180), xmm5)?;
+            a.movdqu(xmmword_ptr(rbx + 0x190), xmm8)?;
+            a.movq(rax, xmm4)?;
+            a.movq(rcx, xmm3)
+        },
+        0,
+    );
+}
+
+#[test]
 fn bit_tests_match_the_handlers() {
     check(
         "bt",
@@ -419,6 +447,10 @@ fn the_hot_forms_are_digested() {
     a.add(ax, 0x1234).unwrap();
     a.bt(dword_ptr(rdi), 12).unwrap();
     a.bt(rax, 5).unwrap();
+    a.movsd_2(xmm0, qword_ptr(rbx + 0x10)).unwrap();
+    a.movsd_2(qword_ptr(rsp + 8), xmm0).unwrap();
+    a.movaps(xmm1, xmm0).unwrap();
+    a.movdqu(xmm6, xmmword_ptr(rbx + rsi * 8)).unwrap();
     a.cmp(byte_ptr(rbx + 0x10), dl).unwrap();
     a.mov(byte_ptr(rbx + 0x21), 0x7f).unwrap();
     a.mov(r9b, byte_ptr(rbx + rsi)).unwrap();

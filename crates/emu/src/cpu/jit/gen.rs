@@ -49,6 +49,8 @@ pub(super) struct Gen<'a> {
     pub flags: Option<Pending>,
     /// Which block of the trace is being translated (`super::PART_SHIFT`).
     pub part: u64,
+    /// Whether the code has checked already that SSE instructions run (`jit/sse.rs`).
+    pub sse_ok: bool,
     sigs: Sigs,
 }
 
@@ -68,7 +70,7 @@ fn guest() -> MemFlagsData {
 }
 
 /// The Cpu struct and the TLB: aligned and always there.
-fn host() -> MemFlagsData {
+pub(super) fn host() -> MemFlagsData {
     MemFlagsData::trusted()
 }
 
@@ -92,8 +94,14 @@ impl<'a> Gen<'a> {
             dirty: 0,
             flags: None,
             part: 0,
+            sse_ok: false,
             sigs,
         }
+    }
+
+    /// The Cpu pointer the code was entered with.
+    pub fn cpu(&self) -> Value {
+        self.cpu
     }
 
     pub fn iconst(&mut self, v: u64) -> Value {
@@ -322,6 +330,7 @@ impl<'a> Gen<'a> {
         self.regs = [None; 16];
         self.dirty = 0;
         self.flags = None;
+        self.sse_ok = false;
     }
 
     /// Stores RIP and returns `k`.

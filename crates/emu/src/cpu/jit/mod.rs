@@ -22,6 +22,7 @@ mod cond;
 mod gen;
 mod ops;
 mod shift;
+mod sse;
 
 use super::fast::{Fast, Step};
 use super::{Cpu, Handler};
@@ -63,6 +64,9 @@ mod layout {
     pub const GPR: i32 = offset_of!(Cpu, gpr) as i32;
     pub const RIP: i32 = offset_of!(Cpu, rip) as i32;
     pub const CPL: i32 = offset_of!(Cpu, cpl) as i32;
+    pub const CR0: i32 = offset_of!(Cpu, cr0) as i32;
+    pub const CR4: i32 = offset_of!(Cpu, cr4) as i32;
+    pub const XMM: i32 = (offset_of!(Cpu, fpu) + offset_of!(crate::cpu::fpu::FpuState, xmm)) as i32;
     const FLAGS: usize = offset_of!(Cpu, flags);
     pub const F_OP: i32 = (FLAGS + offset_of!(Flags, op)) as i32;
     pub const F_BITS: i32 = (FLAGS + offset_of!(Flags, bits)) as i32;

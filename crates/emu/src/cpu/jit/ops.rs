@@ -295,6 +295,7 @@ impl Gen<'_> {
                 self.set_reg(4, nsp);
                 self.set_reg(d, v);
             }
+            _ if self.sse_move(f, at) => {}
             _ => return self.branch(f, at),
         }
         Done::Next

@@ -60,7 +60,7 @@ fn emit(a: &mut Asm, g: &mut Rng) -> Result<(), IcedError> {
             }
         };
     }
-    match g.below(34) {
+    match g.below(35) {
         0 => alu!(q, q2),
         1 => alu!(d, d2),
         2 => alu!(b, b2),
@@ -195,9 +195,28 @@ fn emit(a: &mut Asm, g: &mut Rng) -> Result<(), IcedError> {
             1 => a.bt(dword_ptr(mem), g.below(256) as u32),
             _ => a.bt(qword_ptr(rbx + disp), g.below(256) as u32),
         },
+        33 => {
+            // An SSE load, a copy and a store, so that the XMM values reach memory.
+            let (x, y) = (XMM[i % 8], XMM[j % 8]);
+            let aligned = rbx + (disp & !15);
+            match op % 4 {
+                0 => a.movsd_2(x, qword_ptr(mem))?,
+                1 => a.movd(x, dword_ptr(mem))?,
+                2 => a.movups(x, xmmword_ptr(mem + 4))?,
+                _ => a.movaps(x, xmmword_ptr(aligned))?,
+            }
+            a.movaps(y, x)?;
+            match op % 3 {
+                0 => a.movsd_2(qword_ptr(rbx + disp), y),
+                1 => a.movdqu(xmmword_ptr(mem), y),
+                _ => a.movdqa(xmmword_ptr(aligned), y),
+            }
+        }
         _ => alu!(R16[i], imm as i16 as i32),
     }
 }
+
+const XMM: [AsmRegisterXmm; 8] = [xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7];
 
 const R16: [AsmRegister16; 12] = [ax, cx, dx, di, r8w, r9w, r10w, r11w, r12w, r13w, r14w, r15w];
 
