@@ -826,6 +826,17 @@ impl Cpu {
         self.cr0 & (cr::CR0_EM | cr::CR0_TS) == 0 && self.cr4 & cr::CR4_OSFXSR != 0
     }
 
+    /// The host pointer for an SSE move's `size` bytes at `a`, if SSE instructions run, the
+    /// address is aligned where `align` asks for it and the TLB's fast path allows the access.
+    #[inline(always)]
+    fn sse_ptr(&self, a: &Addr, size: usize, align: bool, acc: Access) -> Option<*mut u8> {
+        let lin = self.lin(a);
+        if !self.sse_ready() || align && lin & 15 != 0 {
+            return None;
+        }
+        self.ptr64(lin, size, acc)
+    }
+
     /// Reads a register of `sz` bytes.
     #[inline(always)]
     fn get(&self, r: u8, sz: u8) -> u64 {
@@ -833,7 +844,7 @@ impl Cpu {
     }
 
     /// Writes a register of `sz` bytes (`v` already truncated): a 4-byte write zero-extends,
-    /// a 1-byte one keeps the rest of the register.
+    /// a 1- or 2-byte one keeps the rest of the register.
     #[inline(always)]
     fn put(&mut self, r: u8, sz: u8, v: u64) {
         if sz >= 4 {
@@ -1108,12 +1119,8 @@ impl Cpu {
                 self.put(d, sz, r);
             }
             Fast::XLoad { size, x, align, a } => {
-                let lin = self.lin(&a);
-                if !self.sse_ready() || align && lin & 15 != 0 {
-                    return Step::Slow;
-                }
                 let size = usize::from(size);
-                let Some(p) = self.ptr64(lin, size, Access::Read) else {
+                let Some(p) = self.sse_ptr(&a, size, align, Access::Read) else {
                     return Step::Slow;
                 };
                 // SAFETY: `ptr64` returned a pointer with `size` readable bytes.
@@ -1127,12 +1134,8 @@ impl Cpu {
                 self.fpu.xmm[usize::from(x & 15)] = u128::from(hi) << 64 | u128::from(v);
             }
             Fast::XStore { size, x, align, a } => {
-                let lin = self.lin(&a);
-                if !self.sse_ready() || align && lin & 15 != 0 {
-                    return Step::Slow;
-                }
                 let size = usize::from(size);
-                let Some(p) = self.ptr64(lin, size, Access::Write) else {
+                let Some(p) = self.sse_ptr(&a, size, align, Access::Write) else {
                     return Step::Slow;
                 };
                 let v = self.fpu.xmm[usize::from(x & 15)];
