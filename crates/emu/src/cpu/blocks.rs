@@ -171,11 +171,12 @@ impl BlockCache {
     /// The blocks a translation of `head` runs after it: from each block to the block it
     /// most likely goes to (`Block::follow`), while that is decoded already, new to the trace
     /// and on head's page. One page means one mapping (the head's being current makes theirs
-    /// current) and one invalidation (a write that drops any of them drops the head).
-    pub(super) fn trace(&self, head: &Block) -> Vec<Rc<Block>> {
+    /// current) and one invalidation (a write that drops any of them drops the head). Also
+    /// whether the last of them (or the head alone) goes back to the head: a loop.
+    pub(super) fn trace(&self, head: &Block) -> (Vec<Rc<Block>>, bool) {
         let mut out: Vec<Rc<Block>> = Vec::new();
         if head.bits != 64 || head.next_page != NO_PAGE {
-            return out;
+            return (out, false);
         }
         let mut len = head.insns.len();
         let mut at = head.follow();
@@ -196,7 +197,7 @@ impl BlockCache {
             at = b.follow();
             out.push(b.clone());
         }
-        out
+        (out, at == Some(head.virt))
     }
 
     pub fn clear(&mut self) {

@@ -17,8 +17,10 @@ use crate::cpu::Cpu;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
-/// When the run loop wants control back.
+/// When the run loop wants control back. Generated code that loops reads it (`repr(C)`,
+/// offsets in `layout`).
 #[derive(Clone, Copy)]
+#[repr(C)]
 pub struct Until<'a> {
     /// Instruction count at which the budget is spent.
     pub end: u64,
@@ -40,9 +42,11 @@ impl Cpu {
             let tlb = self.mem.tlb_ptr();
             // SAFETY: `entry` is live code of the current region epoch (checked by
             // `jit_entry`) with the `Entry` signature; it reads and writes only this Cpu's
-            // registers, flags and RIP, the TLB that `tlb` points to (not resized while it
-            // runs) and guest RAM through host pointers that TLB holds.
-            let r = unsafe { entry(self, tlb) };
+            // registers, flags, RIP and instruction counts, the TLB that `tlb` points to (not
+            // resized while it runs), guest RAM through host pointers that TLB holds, and
+            // `until`, which lives across the call.
+            let r = unsafe { entry(self, tlb, &until) };
+            self.jit.entered += 1;
             let mut k = r as u32;
             self.icount += u64::from(k);
             self.jit.ran += u64::from(k);
@@ -107,11 +111,15 @@ impl Cpu {
                 if !block.valid.get() {
                     return None;
                 }
-                let trace = self.blocks.trace(block);
+                let (trace, loops) = self.blocks.trace(block);
                 let parts: Vec<&[Item]> = std::iter::once(&block.insns[..])
                     .chain(trace.iter().map(|b| &b.insns[..]))
                     .collect();
-                let t = self.jit.get()?.translate(&parts).unwrap_or(Tr::Never);
+                let t = self
+                    .jit
+                    .get()?
+                    .translate(&parts, loops)
+                    .unwrap_or(Tr::Never);
                 self.jit.traced += trace.len() as u64;
                 let mut first = block.insns.len() as u32;
                 *block.trace.borrow_mut() = trace

@@ -14,7 +14,7 @@ use crate::cpu::flags::Op;
 use crate::cpu::mem::tlb_layout as t;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::types::{I16, I32, I64, I8};
-use cranelift_codegen::ir::{InstBuilder, MemFlagsData, SigRef, Value};
+use cranelift_codegen::ir::{Block, InstBuilder, MemFlagsData, SigRef, Value};
 use cranelift_frontend::FunctionBuilder;
 
 /// The lazy-flags record the translation would leave, with its fields as values. `a`/`b`
@@ -41,6 +41,11 @@ pub(super) struct Gen<'a> {
     pub b: FunctionBuilder<'a>,
     cpu: Value,
     tlb: Value,
+    /// The `Until` the code was entered with.
+    until: Value,
+    /// Where the translated instructions start, after the entry's set-up: a trace that loops
+    /// jumps back here.
+    top: Block,
     /// 1 for a supervisor access, 2 for a user one (the TLB's permission bits).
     user: Value,
     regs: [Option<Value>; 16],
@@ -80,15 +85,21 @@ impl<'a> Gen<'a> {
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
         let p = b.block_params(entry);
-        let (cpu, tlb) = (p[0], p[1]);
+        let (cpu, tlb, until) = (p[0], p[1], p[2]);
+        // CPL changes only where the translation ends (`jit_step`): one value serves all.
         let cpl = b.ins().uload8(I64, host(), cpu, l::CPL);
         let is_user = b.ins().icmp_imm_s(IntCC::Equal, cpl, 3);
         let is_user = b.ins().uextend(I64, is_user);
         let user = b.ins().iadd_imm_s(is_user, 1);
+        let top = b.create_block();
+        b.ins().jump(top, &[]);
+        b.switch_to_block(top);
         Gen {
             b,
             cpu,
             tlb,
+            until,
+            top,
             user,
             regs: [None; 16],
             dirty: 0,
@@ -331,6 +342,35 @@ impl<'a> Gen<'a> {
         self.dirty = 0;
         self.flags = None;
         self.sse_ok = false;
+    }
+
+    /// The end of a trace that goes back to its head (at `head`): counts the `n` instructions
+    /// of the pass and runs the next one, unless the run loop must see the state first (the
+    /// budget is spent, or the kick or attention flag is up, as `jit/chain.rs` checks between
+    /// translations): then it returns with nothing of the head done.
+    pub fn back_edge(&mut self, n: u32, head: u64) {
+        self.sync();
+        let mut count = self.iconst(0);
+        for at in [l::RAN, l::ICOUNT] {
+            let v = self.b.ins().load(I64, host(), self.cpu, at);
+            count = self.b.ins().iadd_imm_s(v, i64::from(n));
+            self.b.ins().store(host(), count, self.cpu, at);
+        }
+        let end = self.b.ins().load(I64, host(), self.until, l::UNTIL_END);
+        let mut ok = self.b.ins().icmp(IntCC::UnsignedLessThan, count, end);
+        for at in [l::UNTIL_KICK, l::UNTIL_ATTENTION] {
+            let flag = self.b.ins().load(I64, host(), self.until, at);
+            let up = self.b.ins().uload8(I64, host(), flag, 0);
+            let down = self.b.ins().icmp_imm_s(IntCC::Equal, up, 0);
+            ok = self.b.ins().band(ok, down);
+        }
+        let out = self.b.create_block();
+        self.b.ins().brif(ok, self.top, &[], out, &[]);
+        self.b.switch_to_block(out);
+        let rip = self.iconst(head);
+        self.b.ins().store(host(), rip, self.cpu, l::RIP);
+        let zero = self.iconst(0);
+        self.b.ins().return_(&[zero]);
     }
 
     /// Stores RIP and returns `k`.

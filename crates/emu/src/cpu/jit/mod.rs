@@ -39,9 +39,9 @@ use iced_x86::Instruction;
 /// Executions after which a block is translated.
 pub const HOT: u32 = 2000;
 
-/// Generated code: `(cpu, first TLB entry) -> instructions completed`. It has written back
-/// RIP, the registers and the flags record.
-pub type Entry = unsafe extern "C" fn(*mut Cpu, *const u8) -> u64;
+/// Generated code: `(cpu, first TLB entry, when to stop looping) -> instructions completed`.
+/// It has written back RIP, the registers and the flags record.
+pub type Entry = unsafe extern "C" fn(*mut Cpu, *const u8, *const Until) -> u64;
 
 /// A block's translation state.
 #[derive(Clone, Copy)]
@@ -64,6 +64,11 @@ mod layout {
     pub const GPR: i32 = offset_of!(Cpu, gpr) as i32;
     pub const RIP: i32 = offset_of!(Cpu, rip) as i32;
     pub const CPL: i32 = offset_of!(Cpu, cpl) as i32;
+    pub const ICOUNT: i32 = offset_of!(Cpu, icount) as i32;
+    pub const RAN: i32 = (offset_of!(Cpu, jit) + offset_of!(super::Tier, ran)) as i32;
+    pub const UNTIL_END: i32 = offset_of!(super::Until<'static>, end) as i32;
+    pub const UNTIL_KICK: i32 = offset_of!(super::Until<'static>, kick) as i32;
+    pub const UNTIL_ATTENTION: i32 = offset_of!(super::Until<'static>, attention) as i32;
     pub const CR0: i32 = offset_of!(Cpu, cr0) as i32;
     pub const CR4: i32 = offset_of!(Cpu, cr4) as i32;
     pub const XMM: i32 = (offset_of!(Cpu, fpu) + offset_of!(crate::cpu::fpu::FpuState, xmm)) as i32;
@@ -214,14 +219,15 @@ impl Jit {
     /// block, each block where the one before goes on): instructions with a supported fast form
     /// become code, the others calls of `jit_step`. `None` for an empty block or if compilation
     /// fails.
-    pub fn translate(&mut self, parts: &[&[Item]]) -> Option<Tr> {
+    /// With `loops`, the last block goes on to the first: the code loops while the
+    /// instruction budget, the kick and the attention flag allow (`Gen::back_edge`).
+    pub fn translate(&mut self, parts: &[&[Item]], loops: bool) -> Option<Tr> {
         if parts.first().is_none_or(|p| p.is_empty()) {
             return None;
         }
         let call_conv = self.isa.default_call_conv();
         let mut sig = Signature::new(call_conv);
-        sig.params.push(AbiParam::new(I64));
-        sig.params.push(AbiParam::new(I64));
+        sig.params.extend([AbiParam::new(I64); 3]);
         sig.returns.push(AbiParam::new(I64));
         let mut cond_sig = Signature::new(call_conv);
         cond_sig.params.push(AbiParam::new(I64));
@@ -249,7 +255,12 @@ impl Jit {
         'parts: for (i, items) in parts.iter().enumerate() {
             g.part = i as u64;
             // Where the next block of the trace starts: the code goes on there.
-            let follow = parts.get(i + 1).and_then(|p| p.first()).map(|it| it.0.ip());
+            let next = if i + 1 == parts.len() && loops {
+                parts.first()
+            } else {
+                parts.get(i + 1)
+            };
+            let follow = next.and_then(|p| p.first()).map(|it| it.0.ip());
             for (j, item) in items.iter().enumerate() {
                 let (ins, _, next, f) = item;
                 let at = ops::At {
@@ -270,7 +281,13 @@ impl Jit {
             }
             k0 += items.len() as u32;
         }
-        if !ended {
+        if !ended && loops {
+            let head = parts
+                .first()
+                .and_then(|p| p.first())
+                .map_or(0, |i| i.0.ip());
+            g.back_edge(k0, head);
+        } else if !ended {
             // The block ends without a branch (its length limit, or an instruction that ends
             // blocks and fell through): it continues after its last instruction.
             let rip = parts.last().and_then(|p| p.last()).map_or(0, |i| i.2);
@@ -315,6 +332,8 @@ pub struct Tier {
     pub ran: u64,
     /// Blocks translated after another one, in its trace.
     pub traced: u64,
+    /// Times translated code was entered from the block loop.
+    pub entered: u64,
     jit: Option<Box<Jit>>,
 }
 
@@ -328,6 +347,7 @@ impl Default for Tier {
                 .unwrap_or(HOT),
             ran: 0,
             traced: 0,
+            entered: 0,
             jit: None,
         }
     }

@@ -478,6 +478,58 @@ fn a_tlb_miss_in_a_trace_exits_into_its_block() {
     assert_eq!(j.cpu.blocks.len(), i.cpu.blocks.len(), "blocks decoded");
 }
 
+/// A trace that comes back to its head loops inside its translation (few entries for many
+/// iterations), and stops where the run loop's budget says, with the state the interpreter
+/// reaches.
+#[test]
+fn a_trace_that_loops_stays_in_its_translation() {
+    let mut a = CodeAssembler::new(64).unwrap();
+    let mut top = a.create_label();
+    let mut skip = a.create_label();
+    a.mov(rsi, 10_000u64).unwrap();
+    a.set_label(&mut top).unwrap();
+    a.add(rax, rcx).unwrap();
+    a.cmp(rax, rdx).unwrap();
+    a.jb(skip).unwrap();
+    a.sub(rax, rdx).unwrap();
+    a.set_label(&mut skip).unwrap();
+    a.dec(rsi).unwrap();
+    a.jnz(top).unwrap();
+    a.hlt().unwrap();
+    let code = a.assemble(CODE).unwrap();
+    let run = |jit, budget| {
+        let mut m = TestMachine::new64(&code);
+        m.cpu.jit.on = jit;
+        m.cpu.jit.hot = 16;
+        m.cpu.gpr[1] = 7;
+        m.cpu.gpr[2] = 1000;
+        let mut stops = 0;
+        loop {
+            match m.run(budget) {
+                Stop::Halt => break,
+                s => assert_eq!(s, Stop::Budget, "jit {jit}"),
+            }
+            stops += 1;
+        }
+        (m, stops)
+    };
+    let (i, _) = run(false, 1_000_000);
+    let (j, _) = run(true, 1_000_000);
+    same(&j, &i, "one budget");
+    assert!(j.cpu.jit.traced > 0 || j.cpu.jit.translated() > 0);
+    // Each of its 10,000 passes would be an entry; a side exit (about one pass in 143 takes
+    // the other side of JB) and the return from the other side are two.
+    assert!(
+        j.cpu.jit.entered < 1000,
+        "entered {} times",
+        j.cpu.jit.entered
+    );
+    let (j, stops) = run(true, 97);
+    same(&j, &i, "budgets of 97");
+    // A run overshoots its budget by less than one trace (256 instructions).
+    assert!(stops > i.cpu.icount / (97 + 256), "{stops} budget stops");
+}
+
 /// Calls the function `func` at `f` `times` times, adding each EAX to R8, then lets `patch`
 /// rewrite it (RDI holds `f`) and calls it once more; with the tier on and off, in that order.
 fn patched_after_calls(
