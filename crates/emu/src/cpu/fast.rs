@@ -177,6 +177,13 @@ pub enum Fast {
     CallR {
         s: u8,
     },
+    /// `jmp qword [mem]` / `call qword [mem]` in 64-bit code.
+    JmpM {
+        a: Addr,
+    },
+    CallM {
+        a: Addr,
+    },
     /// Two-operand `imul reg, reg`.
     Imul {
         w64: bool,
@@ -211,6 +218,24 @@ pub enum Fast {
     Setcc {
         cc: u8,
         d: u8,
+    },
+    /// INC or DEC of a memory operand.
+    IncDecM {
+        dec: bool,
+        sz: u8,
+        a: Addr,
+    },
+    /// An ALU operation on a high-byte register (AH, CH, DH, BH: bits 8..15 of register `h`)
+    /// with an immediate.
+    AluHI {
+        op: Alu,
+        h: u8,
+        v: u64,
+    },
+    /// MOVZX of a high-byte register into a 4-byte register.
+    MovzxHigh {
+        d: u8,
+        h: u8,
     },
     /// BT of a register with an immediate bit number (already taken modulo the width).
     BtRI {
@@ -264,6 +289,17 @@ pub enum Fast {
 }
 
 /// The GPR number of a register of `sz` bytes (1: AL..R15L, not AH..BH).
+/// The register holding a high-byte register in bits 8..15 (AH is in RAX).
+fn high_byte(r: Register) -> Option<u8> {
+    Some(match r {
+        Register::AH => 0,
+        Register::CH => 1,
+        Register::DH => 2,
+        Register::BH => 3,
+        _ => return None,
+    })
+}
+
 fn gpr(r: Register, sz: u8) -> Option<u8> {
     match sz {
         8 if r.is_gpr64() => Some((r as usize - Register::RAX as usize) as u8),
@@ -525,6 +561,19 @@ pub fn digest(ins: &Instruction, bits: u32) -> Fast {
                 Fast::No
             };
         }
+        FlowControl::IndirectBranch | FlowControl::IndirectCall
+            if matches!(ins.code(), Code::Jmp_rm64 | Code::Call_rm64)
+                && ins.op0_kind() == OpKind::Memory =>
+        {
+            let a = (bits == 64 && !ins.has_lock_prefix())
+                .then(|| addr64(ins))
+                .flatten();
+            return match (a, ins.code()) {
+                (Some(a), Code::Jmp_rm64) => Fast::JmpM { a },
+                (Some(a), _) => Fast::CallM { a },
+                (None, _) => Fast::No,
+            };
+        }
         FlowControl::IndirectBranch
             if ins.code() == Code::Jmp_rm64 && ins.op0_kind() == OpKind::Register =>
         {
@@ -565,6 +614,14 @@ fn digest_next(ins: &Instruction, bits: u32) -> Option<Fast> {
     if m == Mnemonic::Nop {
         return Some(Fast::Nop);
     }
+    if ins.code() == Code::Cdqe {
+        return Some(Fast::MovsxRR {
+            size: 4,
+            sz: 8,
+            d: 0,
+            s: 0,
+        });
+    }
     let n = ins.op_count();
     let k0 = ins.op0_kind();
     let k1 = if n > 1 {
@@ -592,6 +649,9 @@ fn digest_next(ins: &Instruction, bits: u32) -> Option<Fast> {
         match m {
             Mnemonic::Movzx => {
                 let d = gpr(r0, dsz)?;
+                if let Some(h) = high_byte(r1).filter(|_| k1 == OpKind::Register && dsz == 4) {
+                    return Some(Fast::MovzxHigh { d, h });
+                }
                 if k1 == OpKind::Register {
                     let size = r1.size() as u8;
                     return Some(Fast::MovzxRR {
@@ -648,6 +708,13 @@ fn digest_next(ins: &Instruction, bits: u32) -> Option<Fast> {
                 });
             }
             _ => {}
+        }
+        if let Some(h) = high_byte(r0) {
+            return (n == 2 && is_imm(k1)).then_some(Fast::AluHI {
+                op: alu_op(m)?,
+                h,
+                v: imm(1),
+            });
         }
         let sz = r0.size() as u8;
         let d = gpr(r0, sz)?;
@@ -733,11 +800,18 @@ fn digest_next(ins: &Instruction, bits: u32) -> Option<Fast> {
         };
     }
     let a = mem(k0)?;
-    if n != 2 {
-        return None;
-    }
     let sz = ins.memory_size().size() as u8;
     if !matches!(sz, 1 | 2 | 4 | 8) {
+        return None;
+    }
+    if n == 1 && matches!(m, Mnemonic::Inc | Mnemonic::Dec) {
+        return Some(Fast::IncDecM {
+            dec: m == Mnemonic::Dec,
+            sz,
+            a,
+        });
+    }
+    if n != 2 {
         return None;
     }
     if k1 == OpKind::Register {
@@ -861,6 +935,18 @@ impl Cpu {
         let i = (r & 15) as usize;
         let m = mask(sz);
         self.gpr[i] = (self.gpr[i] & !m) | (v & m);
+    }
+
+    /// INC or DEC of `a` (`sz` bytes, truncated): records the flags, returns the result.
+    #[inline(always)]
+    fn inc_dec(&mut self, dec: bool, sz: u8, a: u64) -> u64 {
+        let r = if dec {
+            a.wrapping_sub(1)
+        } else {
+            a.wrapping_add(1)
+        } & mask(sz);
+        self.flags.set_incdec(dec, a, r, u32::from(sz) * 8);
+        r
     }
 
     /// Computes `a op b` at `sz` bytes (operands already truncated), records the flags, and
@@ -1009,15 +1095,19 @@ impl Cpu {
             Fast::AluMR { op, sz, s, a } => return self.alu_mem(op, sz, &a, self.get(s, sz)),
             Fast::AluMI { op, sz, v, a } => return self.alu_mem(op, sz, &a, v),
             Fast::IncDec { dec, sz, d } => {
-                let m = mask(sz);
-                let a = self.get(d, sz);
-                let r = if dec {
-                    a.wrapping_sub(1)
-                } else {
-                    a.wrapping_add(1)
-                } & m;
-                self.flags.set_incdec(dec, a, r, u32::from(sz) * 8);
+                let r = self.inc_dec(dec, sz, self.get(d, sz));
                 self.put(d, sz, r);
+            }
+            Fast::IncDecM { dec, sz, a } => {
+                let size = usize::from(sz);
+                let Some(p) = self.ptr64(self.lin(&a), size, Access::Write) else {
+                    return Step::Slow;
+                };
+                // SAFETY: `ptr64` returned a pointer with `size` readable and writable bytes.
+                let v = unsafe { read_host(p, size) };
+                let r = self.inc_dec(dec, sz, v);
+                // SAFETY: as above.
+                unsafe { write_host(p, size, r) };
             }
             Fast::NegNot { neg, sz, d } => {
                 let m = mask(sz);
@@ -1072,6 +1162,15 @@ impl Cpu {
             Fast::CallR { s } => {
                 let target = self.gpr[(s & 15) as usize];
                 if !canonical(target) || !self.push_fast(next) {
+                    return Step::Slow;
+                }
+                return Step::Branch(target);
+            }
+            Fast::JmpM { a } | Fast::CallM { a } => {
+                let Some(target) = self.load_fast(&a, 8).filter(|t| canonical(*t)) else {
+                    return Step::Slow;
+                };
+                if matches!(f, Fast::CallM { .. }) && !self.push_fast(next) {
                     return Step::Slow;
                 }
                 return Step::Branch(target);
@@ -1151,6 +1250,16 @@ impl Cpu {
                     return Step::Slow;
                 }
                 self.fpu.xmm[usize::from(d & 15)] = self.fpu.xmm[usize::from(s & 15)];
+            }
+            Fast::AluHI { op, h, v } => {
+                let i = usize::from(h & 3);
+                let a = (self.gpr[i] >> 8) & 0xff;
+                if let Some(r) = self.alu_value(op, 1, a, v) {
+                    self.gpr[i] = (self.gpr[i] & !0xff00) | (r & 0xff) << 8;
+                }
+            }
+            Fast::MovzxHigh { d, h } => {
+                self.gpr[usize::from(d & 15)] = (self.gpr[usize::from(h & 3)] >> 8) & 0xff;
             }
             Fast::BtRI { sz, d, bit } => {
                 let v = self.get(d, sz);

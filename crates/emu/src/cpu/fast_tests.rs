@@ -227,6 +227,31 @@ fn sse_moves_match_the_handlers() {
 }
 
 #[test]
+fn high_byte_and_memory_inc_dec_forms_match_the_handlers() {
+    check(
+        "high bytes, CDQE, INC/DEC on memory",
+        |a| {
+            a.add(rax, rcx)?; // flags for ADC to read
+            a.or(ah, 0x40)?;
+            a.test(ah, 8)?;
+            a.adc(bh, 0x81)?;
+            a.xor(ch, 0xff)?;
+            a.and(dh, 0x0f)?;
+            a.cmp(dh, 3)?;
+            a.sub(ah, 200)?;
+            a.movzx(ecx, ah)?;
+            a.movzx(edx, bh)?;
+            a.cdqe()?;
+            a.inc(dword_ptr(rbx + 0x40))?;
+            a.dec(qword_ptr(rbx + rsi * 8))?;
+            a.inc(byte_ptr(rbx + 3))?;
+            a.dec(word_ptr(rbx + 0x10).gs())
+        },
+        0,
+    );
+}
+
+#[test]
 fn bit_tests_match_the_handlers() {
     check(
         "bt",
@@ -324,8 +349,15 @@ fn byte_rotate_and_unary_forms_match_the_handlers() {
             a.mov(rax, qword_ptr(rbx + 8).gs())?;
             a.add(dword_ptr(rbx + rsi + 0x10).gs(), ecx)?;
             a.mov(qword_ptr(rbx + 0x30).gs(), rdx)?;
+            let mut back = a.create_label();
             a.lea(r8, ptr(f))?;
             a.call(r8)?;
+            a.mov(qword_ptr(rbx + 0x300), r8)?;
+            a.call(qword_ptr(rbx + 0x300))?;
+            a.lea(r9, ptr(back))?;
+            a.mov(qword_ptr(rbx + 0x308), r9)?;
+            a.jmp(qword_ptr(rbx + 0x308))?;
+            a.set_label(&mut back)?;
             a.lea(r9, ptr(done))?;
             a.jmp(r9)?;
             a.set_label(&mut f)?;
@@ -447,6 +479,10 @@ fn the_hot_forms_are_digested() {
     a.add(ax, 0x1234).unwrap();
     a.bt(dword_ptr(rdi), 12).unwrap();
     a.bt(rax, 5).unwrap();
+    a.or(ah, 0x40).unwrap();
+    a.movzx(eax, ah).unwrap();
+    a.cdqe().unwrap();
+    a.inc(dword_ptr(rbx + 0x40).gs()).unwrap();
     a.movsd_2(xmm0, qword_ptr(rbx + 0x10)).unwrap();
     a.movsd_2(qword_ptr(rsp + 8), xmm0).unwrap();
     a.movaps(xmm1, xmm0).unwrap();
@@ -472,6 +508,8 @@ fn the_hot_forms_are_digested() {
     a.add(dword_ptr(rbx + rsi + 0x10).gs(), ecx).unwrap();
     a.call(r8).unwrap();
     a.jmp(r9).unwrap();
+    a.call(qword_ptr(rbx + 8)).unwrap();
+    a.jmp(qword_ptr(rax + 0x100)).unwrap();
     let code = a.assemble(CODE).unwrap();
     let mut d = iced_x86::Decoder::with_ip(64, &code, CODE, iced_x86::DecoderOptions::NONE);
     while d.can_decode() {

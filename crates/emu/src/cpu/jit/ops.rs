@@ -119,14 +119,16 @@ impl Gen<'_> {
                 }
             }
             Fast::IncDec { dec, sz, d } => {
-                let cf = self.cf();
                 let a = self.get(d, sz);
-                let r = self.b.ins().iadd_imm_s(a, if dec { -1 } else { 1 });
-                let r = self.trunc(r, sz);
-                let one = self.iconst(1);
-                let op = if dec { Op::Dec } else { Op::Inc };
-                self.set_flags(op, u32::from(sz) * 8, Some(a), Some(one), r, Some(cf));
+                let r = self.inc_dec(dec, sz, a);
                 self.put(d, sz, r);
+            }
+            Fast::IncDecM { dec, sz, a } => {
+                let lin = self.lin(&a);
+                let p = self.access(lin, sz, true, k, ip);
+                let v = self.load(p, sz);
+                let r = self.inc_dec(dec, sz, v);
+                self.store(p, sz, r);
             }
             Fast::NegNot { neg, sz, d } => {
                 let a = self.get(d, sz);
@@ -273,6 +275,24 @@ impl Gen<'_> {
                 };
                 self.set_reg(d, v);
             }
+            Fast::AluHI { op, h, v } => {
+                let r = self.reg(h);
+                let a = self.b.ins().ushr_imm_s(r, 8);
+                let a = self.b.ins().band_imm_s(a, 0xff);
+                let b = self.iconst(v);
+                if let Some(res) = self.alu_value(op, 1, a, b) {
+                    let keep = self.b.ins().band_imm_s(r, !0xff00);
+                    let res = self.b.ins().ishl_imm_s(res, 8);
+                    let nv = self.b.ins().bor(keep, res);
+                    self.set_reg(h, nv);
+                }
+            }
+            Fast::MovzxHigh { d, h } => {
+                let r = self.reg(h);
+                let v = self.b.ins().ushr_imm_s(r, 8);
+                let v = self.b.ins().band_imm_s(v, 0xff);
+                self.set_reg(d, v);
+            }
             Fast::BtRI { sz, d, bit } => {
                 let v = self.get(d, sz);
                 self.bt(v, bit);
@@ -299,6 +319,17 @@ impl Gen<'_> {
             _ => return self.branch(f, at),
         }
         Done::Next
+    }
+
+    /// INC or DEC of `a` (`sz` bytes), keeping CF: records the flags, returns the result.
+    fn inc_dec(&mut self, dec: bool, sz: u8, a: Value) -> Value {
+        let cf = self.cf();
+        let r = self.b.ins().iadd_imm_s(a, if dec { -1 } else { 1 });
+        let r = self.trunc(r, sz);
+        let one = self.iconst(1);
+        let op = if dec { Op::Dec } else { Op::Inc };
+        self.set_flags(op, u32::from(sz) * 8, Some(a), Some(one), r, Some(cf));
+        r
     }
 
     /// BT: CF is bit `bit` of `v`.
@@ -367,6 +398,18 @@ impl Gen<'_> {
                 let n = self.iconst(next);
                 self.push(n, k, ip);
                 Rip::Const(target)
+            }
+            Fast::JmpM { a } | Fast::CallM { a } => {
+                let lin = self.lin(&a);
+                let p = self.access(lin, 8, false, k, ip);
+                let t = self.load(p, 8);
+                let ok = self.canonical(t);
+                self.exit_unless(ok, k, ip);
+                if matches!(f, Fast::CallM { .. }) {
+                    let n = self.iconst(next);
+                    self.push(n, k, ip);
+                }
+                Rip::Dyn(t)
             }
             Fast::Ret => {
                 let sp = self.reg(4);

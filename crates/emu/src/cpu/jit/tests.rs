@@ -60,7 +60,7 @@ fn emit(a: &mut Asm, g: &mut Rng) -> Result<(), IcedError> {
             }
         };
     }
-    match g.below(35) {
+    match g.below(36) {
         0 => alu!(q, q2),
         1 => alu!(d, d2),
         2 => alu!(b, b2),
@@ -212,6 +212,20 @@ fn emit(a: &mut Asm, g: &mut Rng) -> Result<(), IcedError> {
                 _ => a.movdqa(xmmword_ptr(aligned), y),
             }
         }
+        34 => {
+            let h = [ah, ch, dh][i % 3];
+            match op % 3 {
+                0 => alu!(h, imm & 0xff),
+                1 => a.movzx([eax, ecx, edx, edi][j % 4], h),
+                _ => a.cdqe(),
+            }
+        }
+        35 => match op % 4 {
+            0 => a.inc(dword_ptr(mem)),
+            1 => a.dec(qword_ptr(rbx + disp)),
+            2 => a.inc(byte_ptr(mem)),
+            _ => a.dec(word_ptr(rbx + disp)),
+        },
         _ => alu!(R16[i], imm as i16 as i32),
     }
 }
@@ -408,8 +422,14 @@ fn traces_match_the_interpreter() {
             .unwrap();
             let n = 1 + g.below(4);
             emit_mix(&mut a, &mut g, n, stepped).unwrap();
-            match g.below(3) {
+            match g.below(4) {
                 0 => a.call(func).unwrap(),
+                3 => {
+                    // Through memory (not followed by traces: an indirect call).
+                    a.lea(rdx, ptr(func)).unwrap();
+                    a.mov(qword_ptr(rbx + 0x7f8), rdx).unwrap();
+                    a.call(qword_ptr(rbx + 0x7f8)).unwrap();
+                }
                 1 => {
                     let mut over = a.create_label();
                     a.jmp(over).unwrap();
