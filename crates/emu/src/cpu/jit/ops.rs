@@ -384,11 +384,19 @@ impl Gen<'_> {
                 Rip::Const(next)
             }
             Fast::Jmp { target } => Rip::Const(target),
-            Fast::JmpR { s } | Fast::CallR { s } => {
-                let t = self.reg(s);
+            Fast::JmpR { .. } | Fast::CallR { .. } | Fast::JmpM { .. } | Fast::CallM { .. } => {
+                let t = match *f {
+                    Fast::JmpR { s } | Fast::CallR { s } => self.reg(s),
+                    Fast::JmpM { a } | Fast::CallM { a } => {
+                        let lin = self.lin(&a);
+                        let p = self.access(lin, 8, false, k, ip);
+                        self.load(p, 8)
+                    }
+                    _ => return Done::No,
+                };
                 let ok = self.canonical(t);
                 self.exit_unless(ok, k, ip);
-                if matches!(f, Fast::CallR { .. }) {
+                if matches!(f, Fast::CallR { .. } | Fast::CallM { .. }) {
                     let n = self.iconst(next);
                     self.push(n, k, ip);
                 }
@@ -398,18 +406,6 @@ impl Gen<'_> {
                 let n = self.iconst(next);
                 self.push(n, k, ip);
                 Rip::Const(target)
-            }
-            Fast::JmpM { a } | Fast::CallM { a } => {
-                let lin = self.lin(&a);
-                let p = self.access(lin, 8, false, k, ip);
-                let t = self.load(p, 8);
-                let ok = self.canonical(t);
-                self.exit_unless(ok, k, ip);
-                if matches!(f, Fast::CallM { .. }) {
-                    let n = self.iconst(next);
-                    self.push(n, k, ip);
-                }
-                Rip::Dyn(t)
             }
             Fast::Ret => {
                 let sp = self.reg(4);
