@@ -710,7 +710,11 @@ fn digest_next(ins: &Instruction, bits: u32) -> Option<Fast> {
             _ => {}
         }
         if let Some(h) = high_byte(r0) {
-            return (n == 2 && is_imm(k1)).then_some(Fast::AluHI {
+            // `imm` only once the operand is known to be one (iced panics otherwise).
+            if n != 2 || !is_imm(k1) {
+                return None;
+            }
+            return Some(Fast::AluHI {
                 op: alu_op(m)?,
                 h,
                 v: imm(1),
