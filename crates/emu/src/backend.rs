@@ -225,12 +225,14 @@ impl Profile {
 impl Drop for EmuVcpu {
     fn drop(&mut self) {
         tracing::info!(
-            "emu: vCPU executed {} instructions ({} in translated code); {} decoded blocks \
-             cached, {} translated",
+            "emu: vCPU executed {} instructions ({} in translated code, entered {} times); {} \
+             decoded blocks cached, {} translated, {} more in their traces",
             self.cpu.icount,
             self.cpu.jit.ran,
+            self.cpu.jit.entered,
             self.cpu.blocks.len(),
-            self.cpu.jit.translated()
+            self.cpu.jit.translated(),
+            self.cpu.jit.traced
         );
         if let Some(p) = &self.profile {
             p.write();

@@ -223,10 +223,11 @@ impl Cpu {
     /// before (`prev`), then the jump cache, then by physical address.
     #[inline]
     pub(super) fn lookup_block(&mut self, prev: Option<&Rc<Block>>) -> Result<Rc<Block>, Fault> {
-        if let Some(p) = prev {
-            p.count_branch(self.rip);
-        }
         if self.long64 {
+            // Only 64-bit blocks are translated, so only they need the counts for traces.
+            if let Some(p) = prev {
+                p.count_branch(self.rip);
+            }
             if let Some(b) = prev.and_then(|p| p.linked(self)) {
                 return Ok(b);
             }

@@ -350,12 +350,8 @@ impl<'a> Gen<'a> {
     /// translations): then it returns with nothing of the head done.
     pub fn back_edge(&mut self, n: u32, head: u64) {
         self.sync();
-        let mut count = self.iconst(0);
-        for at in [l::RAN, l::ICOUNT] {
-            let v = self.b.ins().load(I64, host(), self.cpu, at);
-            count = self.b.ins().iadd_imm_s(v, i64::from(n));
-            self.b.ins().store(host(), count, self.cpu, at);
-        }
+        self.add_to(l::RAN, n);
+        let count = self.add_to(l::ICOUNT, n);
         let end = self.b.ins().load(I64, host(), self.until, l::UNTIL_END);
         let mut ok = self.b.ins().icmp(IntCC::UnsignedLessThan, count, end);
         for at in [l::UNTIL_KICK, l::UNTIL_ATTENTION] {
@@ -371,6 +367,14 @@ impl<'a> Gen<'a> {
         self.b.ins().store(host(), rip, self.cpu, l::RIP);
         let zero = self.iconst(0);
         self.b.ins().return_(&[zero]);
+    }
+
+    /// Adds `n` to the counter at `at` in the Cpu; returns the new value.
+    fn add_to(&mut self, at: i32, n: u32) -> Value {
+        let v = self.b.ins().load(I64, host(), self.cpu, at);
+        let v = self.b.ins().iadd_imm_s(v, i64::from(n));
+        self.b.ins().store(host(), v, self.cpu, at);
+        v
     }
 
     /// Stores RIP and returns `k`.

@@ -125,7 +125,8 @@ pub const PART_SHIFT: u32 = 40;
 
 /// Called by generated code for an instruction it has no code for, with the registers, flags
 /// and RIP in the Cpu (RIP that of the instruction) and `k` the instructions completed before
-/// it in this translation. Runs it as the block loop does: its fast form, else its handler.
+/// it in this pass of the translation (a looping trace counts earlier passes itself). Runs it
+/// as the block loop does: its fast form, else its handler.
 /// Returns [`STEP_ON`] if it completed and nothing changed that the run loop must see;
 /// `(k + 1) | ENDED` if it completed and the block must end; `k` if it did not complete (a
 /// fault, or I/O for the VMM): the state is as before it, and the interpreter runs it again
@@ -219,6 +220,7 @@ impl Jit {
     /// block, each block where the one before goes on): instructions with a supported fast form
     /// become code, the others calls of `jit_step`. `None` for an empty block or if compilation
     /// fails.
+    ///
     /// With `loops`, the last block goes on to the first: the code loops while the
     /// instruction budget, the kick and the attention flag allow (`Gen::back_edge`).
     pub fn translate(&mut self, parts: &[&[Item]], loops: bool) -> Option<Tr> {
