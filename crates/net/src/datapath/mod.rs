@@ -20,6 +20,7 @@ pub mod packet;
 pub mod port;
 pub mod router;
 pub mod switch;
+pub(crate) mod tx_batch;
 pub mod vhost_user;
 
 use crate::error::{NetError, Result};

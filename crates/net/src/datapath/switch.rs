@@ -303,7 +303,7 @@ impl Switch {
             .as_ref()
             .and_then(|_| packet::parse_ipv4(packet, frame));
         let ports = self.ports.read().unwrap_or_else(|e| e.into_inner());
-        let send = |p: &Port| {
+        let send = |p: &Arc<Port>| {
             let Some(tag) = egress_tag(&p.vlan, seg.1) else {
                 return;
             };

@@ -6,6 +6,7 @@
 use super::chain::{gather, scatter, Mem, RxPacket};
 use crate::datapath::port::{ingress, Port};
 use crate::datapath::switch::Switch;
+use crate::datapath::tx_batch;
 use std::io::{self, ErrorKind};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock, Weak};
@@ -173,6 +174,8 @@ impl NetBackend {
                 }
             }
             let mut taken = 0;
+            // Frames for taps are written together at the end of the batch (tx_batch.rs).
+            tx_batch::begin();
             while taken < TX_BATCH {
                 // The queue is locked per chain only: forwarding may wait for QoS tokens.
                 let popped = {
@@ -196,12 +199,14 @@ impl NetBackend {
                 match n {
                     Ok(n) => {
                         if !ingress(&port, &switch, buf.get_mut(..n).unwrap_or(&mut [])) {
+                            tx_batch::end();
                             return;
                         }
                     }
                     Err(why) => port.drop_frame(why),
                 }
             }
+            tx_batch::end();
             if taken > 0 {
                 let mut state = vring.get_mut();
                 if !matches!(state.needs_notification(), Ok(false)) {
