@@ -365,7 +365,8 @@ pub fn run(port: Arc<Port>, switch: Arc<Switch>) {
 /// flooded leaves the receiver room to drain what we wrote, and keeps this thread one that
 /// sleeps and wakes, which the scheduler places beside the receiver it feeds. Measured with
 /// 64-byte UDP (docs/performance.md): about 150k packets/s without rests, 240k with them.
-/// A batch with a TSO frame is a TCP flow, which the receiver's window already paces: no rest.
+/// A batch with a TSO frame is a TCP flow, which the receiver's window already paces, and a
+/// shaped port is paced by its tokens: neither rests.
 fn run_tap(port: &Arc<Port>, tap: &Tap, switch: &Switch) {
     // One buffer for the port's life: no allocation per frame. One byte more than the
     // largest packet tells a truncated read from a full-size one.
