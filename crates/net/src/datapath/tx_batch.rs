@@ -16,7 +16,7 @@
 
 use super::port::Port;
 use io_uring::{opcode, types, IoUring};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -44,38 +44,50 @@ struct Batch {
     active: bool,
 }
 
+/// A thread's batching: not tried yet, ready, or off for good (no io_uring here, or it
+/// failed once).
+enum State {
+    Unopened,
+    Open(Box<Batch>),
+    Off,
+}
+
 thread_local! {
-    static BATCH: RefCell<Option<Batch>> = const { RefCell::new(None) };
-    static DISABLED: Cell<bool> = const { Cell::new(false) };
+    static STATE: RefCell<State> = const { RefCell::new(State::Unopened) };
+}
+
+impl State {
+    /// After a failed `io_uring_enter` the kernel may still hold pointers into the staging
+    /// buffer: the batch is leaked rather than freed, and the thread writes directly from
+    /// now on.
+    fn turn_off(&mut self) {
+        if let State::Open(b) = std::mem::replace(self, State::Off) {
+            std::mem::forget(b);
+        }
+    }
 }
 
 /// Makes this thread gather its tap writes from now to the next [`end`]. Where io_uring is
 /// not available (an old kernel, a seccomp profile, `io_uring_disabled`), writes stay
 /// immediate.
 pub fn begin() {
-    if DISABLED.with(Cell::get) {
-        return;
-    }
-    BATCH.with(|b| {
-        let mut b = b.borrow_mut();
-        if b.is_none() {
-            match IoUring::new(MAX_OPS as u32) {
-                Ok(ring) => {
-                    *b = Some(Batch {
-                        ring,
-                        staging: Vec::with_capacity(STAGING),
-                        pending: Vec::with_capacity(MAX_OPS),
-                        active: false,
-                    })
-                }
+    STATE.with(|cell| {
+        let mut state = cell.borrow_mut();
+        if let State::Unopened = *state {
+            *state = match IoUring::new(MAX_OPS as u32) {
+                Ok(ring) => State::Open(Box::new(Batch {
+                    ring,
+                    staging: Vec::with_capacity(STAGING),
+                    pending: Vec::with_capacity(MAX_OPS),
+                    active: false,
+                })),
                 Err(e) => {
                     tracing::debug!("no io_uring ({e}): tap writes are not batched");
-                    DISABLED.with(|d| d.set(true));
-                    return;
+                    State::Off
                 }
-            }
+            };
         }
-        if let Some(b) = b.as_mut() {
+        if let State::Open(b) = &mut *state {
             b.active = true;
         }
     })
@@ -92,33 +104,38 @@ pub fn end() {
 }
 
 fn finish(active: bool) {
-    BATCH.with(|cell| {
-        let mut guard = cell.borrow_mut();
-        if let Some(b) = guard.as_mut() {
+    STATE.with(|cell| {
+        let mut state = cell.borrow_mut();
+        if let State::Open(b) = &mut *state {
             b.active = active;
             if !b.submit() {
-                disable(&mut guard);
+                state.turn_off();
             }
         }
     })
 }
 
 /// Stages `parts` for `port`'s tap `fd` if this thread is batching and the frame is small:
-/// true if staged ([`flush`] or [`end`] writes and counts it). False if the caller must write it
-/// itself; what was pending has then been written.
+/// true if staged ([`flush`] or [`end`] writes and counts it). False if the caller must write
+/// it itself; what was pending has then been written.
 pub fn stage(port: &Arc<Port>, fd: RawFd, parts: &[&[u8]]) -> bool {
     let len: usize = parts.iter().map(|p| p.len()).sum();
-    BATCH.with(|cell| {
-        let mut guard = cell.borrow_mut();
-        let Some(b) = guard.as_mut().filter(|b| b.active) else {
+    STATE.with(|cell| {
+        let mut state = cell.borrow_mut();
+        let State::Open(b) = &mut *state else {
             return false;
         };
-        let room = b.staging.len() + len <= STAGING && b.pending.len() < MAX_OPS;
-        if (len > SMALL || !room) && !b.submit() {
-            disable(&mut guard);
+        if !b.active {
             return false;
         }
-        if len > SMALL {
+        let small = len <= SMALL;
+        let room = b.staging.len() + len <= STAGING && b.pending.len() < MAX_OPS;
+        // What is pending goes first: before a large frame, or to make room.
+        if (!small || !room) && !b.submit() {
+            state.turn_off();
+            return false;
+        }
+        if !small {
             return false;
         }
         let at = b.staging.len();
@@ -133,16 +150,6 @@ pub fn stage(port: &Arc<Port>, fd: RawFd, parts: &[&[u8]]) -> bool {
         });
         true
     })
-}
-
-/// After a failed `io_uring_enter` the kernel may still hold pointers into the staging
-/// buffer: the batch is leaked rather than freed, and this thread writes directly from now
-/// on (the `None` left behind is never filled again: `begin` sees `DISABLED`).
-fn disable(slot: &mut Option<Batch>) {
-    if let Some(b) = slot.take() {
-        std::mem::forget(b);
-    }
-    DISABLED.with(|d| d.set(true));
 }
 
 impl Batch {
