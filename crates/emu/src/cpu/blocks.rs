@@ -224,8 +224,9 @@ impl Cpu {
     #[inline]
     pub(super) fn lookup_block(&mut self, prev: Option<&Rc<Block>>) -> Result<Rc<Block>, Fault> {
         if self.long64 {
-            // Only 64-bit blocks are translated, so only they need the counts for traces.
-            if let Some(p) = prev {
+            // Only 64-bit blocks are translated, so only they need the counts for traces
+            // (and only while the tier is on: it never comes back on).
+            if let (Some(p), true) = (prev, self.jit.on) {
                 p.count_branch(self.rip);
             }
             if let Some(b) = prev.and_then(|p| p.linked(self)) {

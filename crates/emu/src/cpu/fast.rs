@@ -11,9 +11,9 @@
 //! through the TLB's fast path (RAM, present, permitted, within a page; writes only to dirty
 //! pages without decoded code), so a TLB miss, a page split, MMIO, a page fault or a write to
 //! code all take the handler. This keeps the block loop free of per-instruction bookkeeping
-//! and exceptions precise. Every other form (16-bit operands, AH..BH, address-size
-//! overrides, non-canonical targets) keeps its general handler in `exec/`, which stays the
-//! reference for their semantics.
+//! and exceptions precise. Every other form (address-size overrides, non-canonical targets,
+//! 16-bit shifts, AH..BH outside ALU-with-immediate and MOVZX) keeps its general handler in
+//! `exec/`, which stays the reference for their semantics.
 
 use super::flags::{cc_number, CF};
 use super::mem::{read_host, write_host, Access};
@@ -288,7 +288,6 @@ pub enum Fast {
     Ret,
 }
 
-/// The GPR number of a register of `sz` bytes (1: AL..R15L, not AH..BH).
 /// The register holding a high-byte register in bits 8..15 (AH is in RAX).
 fn high_byte(r: Register) -> Option<u8> {
     Some(match r {
@@ -300,13 +299,14 @@ fn high_byte(r: Register) -> Option<u8> {
     })
 }
 
+/// The GPR number of a register of `sz` bytes (1: AL..R15L, not AH..BH).
 fn gpr(r: Register, sz: u8) -> Option<u8> {
     match sz {
         8 if r.is_gpr64() => Some((r as usize - Register::RAX as usize) as u8),
         4 if r.is_gpr32() => Some((r as usize - Register::EAX as usize) as u8),
         2 if r.is_gpr16() => Some((r as usize - Register::AX as usize) as u8),
         1 => match r {
-            Register::AH | Register::CH | Register::DH | Register::BH => None,
+            _ if high_byte(r).is_some() => None,
             _ if r.is_gpr8() => {
                 let k = (r as usize - Register::AL as usize) as u8;
                 Some(if k < 4 { k } else { k - 4 })
@@ -1018,8 +1018,21 @@ impl Cpu {
     /// reads (CMP, TEST), so that nothing can fail once the flags have changed.
     #[inline(always)]
     fn alu_mem(&mut self, op: Alu, sz: u8, a: &Addr, b: u64) -> Step {
-        let size = sz as usize;
         let writes = !matches!(op, Alu::Cmp | Alu::Test);
+        self.rmw(sz, a, writes, |cpu, v| cpu.alu_value(op, sz, v, b))
+    }
+
+    /// Reads `sz` bytes at `a` on the fast path and, where `writes`, stores what `f` makes of
+    /// them (if anything).
+    #[inline(always)]
+    fn rmw(
+        &mut self,
+        sz: u8,
+        a: &Addr,
+        writes: bool,
+        f: impl FnOnce(&mut Self, u64) -> Option<u64>,
+    ) -> Step {
+        let size = sz as usize;
         let acc = if writes { Access::Write } else { Access::Read };
         let Some(p) = self.ptr64(self.lin(a), size, acc) else {
             return Step::Slow;
@@ -1027,9 +1040,10 @@ impl Cpu {
         // SAFETY: `ptr64` returned a pointer with `size` readable (and, for a write access,
         // writable) bytes.
         let v = unsafe { read_host(p, size) };
-        if let Some(r) = self.alu_value(op, sz, v, b) {
-            // SAFETY: as above; `writes` is true for every operation that returns a result.
-            unsafe { write_host(p, size, r) };
+        match f(self, v) {
+            // SAFETY: as above, checked for writing.
+            Some(r) if writes => unsafe { write_host(p, size, r) },
+            _ => {}
         }
         Step::Next
     }
@@ -1103,15 +1117,7 @@ impl Cpu {
                 self.put(d, sz, r);
             }
             Fast::IncDecM { dec, sz, a } => {
-                let size = usize::from(sz);
-                let Some(p) = self.ptr64(self.lin(&a), size, Access::Write) else {
-                    return Step::Slow;
-                };
-                // SAFETY: `ptr64` returned a pointer with `size` readable and writable bytes.
-                let v = unsafe { read_host(p, size) };
-                let r = self.inc_dec(dec, sz, v);
-                // SAFETY: as above.
-                unsafe { write_host(p, size, r) };
+                return self.rmw(sz, &a, true, |cpu, v| Some(cpu.inc_dec(dec, sz, v)))
             }
             Fast::NegNot { neg, sz, d } => {
                 let m = mask(sz);

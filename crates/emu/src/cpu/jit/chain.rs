@@ -45,11 +45,14 @@ impl Cpu {
             // registers, flags, RIP and instruction counts, the TLB that `tlb` points to (not
             // resized while it runs), guest RAM through host pointers that TLB holds, and
             // `until`, which lives across the call.
+            let before = self.icount;
             let r = unsafe { entry(self, tlb, &until) };
             self.jit.entered += 1;
             let mut k = r as u32;
             self.icount += u64::from(k);
-            self.jit.ran += u64::from(k);
+            // A looping trace has counted its passes into `icount` itself (`jit_step`
+            // leaves it as it found it).
+            self.jit.ran += self.icount - before;
             let part = (r >> PART_SHIFT) as u8;
             if part != 0 {
                 // It left from a block of the trace: that block is the one the interpreter

@@ -350,7 +350,6 @@ impl<'a> Gen<'a> {
     /// translations): then it returns with nothing of the head done.
     pub fn back_edge(&mut self, n: u32, head: u64) {
         self.sync();
-        self.add_to(l::RAN, n);
         let count = self.add_to(l::ICOUNT, n);
         let end = self.b.ins().load(I64, host(), self.until, l::UNTIL_END);
         let mut ok = self.b.ins().icmp(IntCC::UnsignedLessThan, count, end);

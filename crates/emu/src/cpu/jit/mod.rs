@@ -65,7 +65,6 @@ mod layout {
     pub const RIP: i32 = offset_of!(Cpu, rip) as i32;
     pub const CPL: i32 = offset_of!(Cpu, cpl) as i32;
     pub const ICOUNT: i32 = offset_of!(Cpu, icount) as i32;
-    pub const RAN: i32 = (offset_of!(Cpu, jit) + offset_of!(super::Tier, ran)) as i32;
     pub const UNTIL_END: i32 = offset_of!(super::Until<'static>, end) as i32;
     pub const UNTIL_KICK: i32 = offset_of!(super::Until<'static>, kick) as i32;
     pub const UNTIL_ATTENTION: i32 = offset_of!(super::Until<'static>, attention) as i32;

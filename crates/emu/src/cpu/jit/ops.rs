@@ -352,55 +352,36 @@ impl Gen<'_> {
     fn branch(&mut self, f: &Fast, at: &At) -> Done {
         let (k, ip, next) = (at.k, at.ip, at.next);
         let to = match *f {
-            Fast::Jcc { cc, target } if at.follow.is_some_and(|x| x == next || x == target) => {
-                if target != next {
-                    // Leave on the side the trace does not follow.
+            Fast::Jcc { cc, target } => {
+                // The side a trace follows goes on in this code; the other leaves. Without a
+                // trace to follow, the fall-through is the side that goes on (to the exit
+                // below).
+                let (go, away) = if at.follow == Some(target) {
+                    (target, next)
+                } else {
+                    (next, target)
+                };
+                if go != away {
                     let c = self.cond(cc);
-                    let stays = at.follow == Some(target);
                     let (on, off) = (self.b.create_block(), self.b.create_block());
-                    let (when_c, else_c) = if stays { (on, off) } else { (off, on) };
+                    let (when_c, else_c) = if go == target { (on, off) } else { (off, on) };
                     self.b.ins().brif(c, when_c, &[], else_c, &[]);
                     self.b.switch_to_block(off);
-                    let away = if stays { next } else { target };
                     self.exit(k + 1, Rip::Const(away));
                     self.b.switch_to_block(on);
                 }
-                return Done::Next;
-            }
-            Fast::Jmp { target } if at.follow == Some(target) => return Done::Next,
-            Fast::Call { target } if at.follow == Some(target) => {
-                let n = self.iconst(next);
-                self.push(n, k, ip);
-                return Done::Next;
-            }
-            Fast::Jcc { cc, target } => {
-                let c = self.cond(cc);
-                let taken = self.b.create_block();
-                let not = self.b.create_block();
-                self.b.ins().brif(c, taken, &[], not, &[]);
-                self.b.switch_to_block(taken);
-                self.exit(k + 1, Rip::Const(target));
-                self.b.switch_to_block(not);
-                Rip::Const(next)
+                Rip::Const(go)
             }
             Fast::Jmp { target } => Rip::Const(target),
-            Fast::JmpR { .. } | Fast::CallR { .. } | Fast::JmpM { .. } | Fast::CallM { .. } => {
-                let t = match *f {
-                    Fast::JmpR { s } | Fast::CallR { s } => self.reg(s),
-                    Fast::JmpM { a } | Fast::CallM { a } => {
-                        let lin = self.lin(&a);
-                        let p = self.access(lin, 8, false, k, ip);
-                        self.load(p, 8)
-                    }
-                    _ => return Done::No,
-                };
-                let ok = self.canonical(t);
-                self.exit_unless(ok, k, ip);
-                if matches!(f, Fast::CallR { .. } | Fast::CallM { .. }) {
-                    let n = self.iconst(next);
-                    self.push(n, k, ip);
-                }
-                Rip::Dyn(t)
+            Fast::JmpR { s } | Fast::CallR { s } => {
+                let t = self.reg(s);
+                self.indirect(t, matches!(f, Fast::CallR { .. }), at)
+            }
+            Fast::JmpM { a } | Fast::CallM { a } => {
+                let lin = self.lin(&a);
+                let p = self.access(lin, 8, false, k, ip);
+                let t = self.load(p, 8);
+                self.indirect(t, matches!(f, Fast::CallM { .. }), at)
             }
             Fast::Call { target } => {
                 let n = self.iconst(next);
@@ -419,7 +400,22 @@ impl Gen<'_> {
             }
             _ => return Done::No,
         };
+        if matches!(to, Rip::Const(t) if at.follow == Some(t)) {
+            // The trace goes on with the block at the target.
+            return Done::Next;
+        }
         self.exit(k + 1, to);
         Done::End
+    }
+
+    /// A jump or call to `t`, a target known only at run time.
+    fn indirect(&mut self, t: Value, call: bool, at: &At) -> Rip {
+        let ok = self.canonical(t);
+        self.exit_unless(ok, at.k, at.ip);
+        if call {
+            let n = self.iconst(at.next);
+            self.push(n, at.k, at.ip);
+        }
+        Rip::Dyn(t)
     }
 }
