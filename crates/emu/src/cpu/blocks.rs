@@ -12,13 +12,15 @@ use super::jit::Tr;
 use super::run::MAX_BLOCK;
 use super::{exec, Cpu, Fault, Handler};
 use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, FlowControl, Instruction};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-/// Blocks the cache holds at most; it is emptied when full (processes that map the same code
-/// at new addresses keep adding blocks).
-const MAX_BLOCKS: usize = 1 << 16;
+/// Blocks the cache holds at most. When it is full the blocks without a translation are
+/// dropped (`BlockCache::make_room`), or all of them if that frees too little: processes that
+/// map the same code at new addresses keep adding blocks, and so does a dynamic loader binding
+/// a large library (thousands of PLT stubs and relocation paths, each run a few times).
+pub(super) const MAX_BLOCKS: usize = 1 << 16;
 const NO_PAGE: u64 = u64::MAX;
 /// Entries of the direct-mapped front of the block cache.
 const FAST_BITS: u32 = 12;
@@ -200,6 +202,41 @@ impl BlockCache {
         (out, at == Some(head.virt))
     }
 
+    /// Drops the blocks that have no translation and are in no translated trace, keeping the
+    /// hot code and its translations; empties the cache if more than half of it stays.
+    fn make_room(&mut self) {
+        let traced: FxHashSet<*const Block> = self
+            .blocks
+            .values()
+            .flat_map(|b| {
+                let t = b.trace.borrow();
+                t.iter().map(|(m, _)| Rc::as_ptr(m)).collect::<Vec<_>>()
+            })
+            .collect();
+        self.blocks.retain(|_, b| {
+            let keep = matches!(b.tr.get(), Tr::Code { .. }) || traced.contains(&Rc::as_ptr(b));
+            if !keep {
+                b.retire();
+            }
+            keep
+        });
+        if self.blocks.len() > MAX_BLOCKS / 2 {
+            self.clear();
+            return;
+        }
+        let blocks = &self.blocks;
+        self.pages.retain(|_, starts| {
+            starts.retain(|k| blocks.contains_key(k));
+            !starts.is_empty()
+        });
+        // The jump cache's copies of dropped blocks would keep them alive.
+        for j in &mut self.fast {
+            if j.as_ref().is_some_and(|j| !j.block.valid.get()) {
+                *j = None;
+            }
+        }
+    }
+
     pub fn clear(&mut self) {
         for b in self.blocks.values() {
             b.retire();
@@ -310,7 +347,7 @@ impl Cpu {
             Some(b) if b.bits == self.code_bits && self.page_of(next_lin)? == b.next_page => b,
             _ => {
                 if self.blocks.blocks.len() >= MAX_BLOCKS {
-                    self.blocks.clear();
+                    self.blocks.make_room();
                 }
                 let mut block = self.decode_block(lin, phys)?;
                 let mut pages = vec![phys >> 12];

@@ -744,3 +744,47 @@ fn port_output_in_a_translated_block_exits_to_the_vmm() {
         assert_eq!(jit, m.cpu.jit.translated() > 0);
     }
 }
+
+/// A full block cache drops the blocks that ran a few times, not the translated ones: a hot
+/// loop keeps its translation while cold code (runs of one-instruction blocks, as a dynamic
+/// loader's PLT stubs are) fills the cache.
+#[test]
+fn a_full_block_cache_keeps_hot_translations() {
+    use crate::cpu::blocks::MAX_BLOCKS;
+    let mut a = CodeAssembler::new(64).unwrap();
+    let mut hot = a.create_label();
+    for _ in 0..2 {
+        a.call(hot).unwrap();
+        // Each `jmp` to the next instruction is a block of its own, run once.
+        for _ in 0..MAX_BLOCKS * 3 / 4 {
+            let mut next = a.create_label();
+            a.jmp(next).unwrap();
+            a.set_label(&mut next).unwrap();
+        }
+    }
+    a.call(hot).unwrap();
+    a.hlt().unwrap();
+    // The hot function: RAX += 100 + 99 + ... + 1.
+    let mut top = a.create_label();
+    a.set_label(&mut hot).unwrap();
+    a.mov(ecx, 100u32).unwrap();
+    a.set_label(&mut top).unwrap();
+    a.add(rax, rcx).unwrap();
+    a.dec(ecx).unwrap();
+    a.jnz(top).unwrap();
+    a.ret().unwrap();
+    let code = a.assemble(CODE).unwrap();
+    assert!(CODE + code.len() as u64 <= DATA);
+    let [j, i] = [true, false].map(|jit| {
+        let mut m = TestMachine::new64(&code);
+        m.cpu.jit.on = jit;
+        m.cpu.jit.hot = 16;
+        assert_eq!(m.run(10_000_000), Stop::Halt, "jit {jit}");
+        m
+    });
+    same(&j, &i, "cold code filling the cache");
+    assert_eq!(j.cpu.gpr[0], 3 * 5050);
+    // The loop was translated once: the cache made room without dropping it.
+    assert_eq!(j.cpu.jit.translated(), 1);
+    assert!(j.cpu.blocks.len() < MAX_BLOCKS);
+}
