@@ -205,16 +205,13 @@ impl BlockCache {
     /// Drops the blocks that have no translation and are in no translated trace, keeping the
     /// hot code and its translations; empties the cache if more than half of it stays.
     fn make_room(&mut self) {
-        let traced: FxHashSet<*const Block> = self
-            .blocks
-            .values()
-            .flat_map(|b| {
-                let t = b.trace.borrow();
-                t.iter().map(|(m, _)| Rc::as_ptr(m)).collect::<Vec<_>>()
-            })
-            .collect();
+        let translated = |b: &Block| matches!(b.tr.get(), Tr::Code { .. });
+        let mut traced: FxHashSet<*const Block> = FxHashSet::default();
+        for b in self.blocks.values().filter(|b| translated(b)) {
+            traced.extend(b.trace.borrow().iter().map(|(m, _)| Rc::as_ptr(m)));
+        }
         self.blocks.retain(|_, b| {
-            let keep = matches!(b.tr.get(), Tr::Code { .. }) || traced.contains(&Rc::as_ptr(b));
+            let keep = translated(b) || traced.contains(&Rc::as_ptr(b));
             if !keep {
                 b.retire();
             }

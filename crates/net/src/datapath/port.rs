@@ -390,9 +390,10 @@ fn run_tap(port: &Arc<Port>, tap: &Tap, switch: &Switch) {
             }
         }
         let start = Instant::now();
-        tx_batch::begin();
-        let batch = forward_batch(port, tap, switch, &mut buf);
-        tx_batch::end();
+        let batch = {
+            let _batching = tx_batch::begin();
+            forward_batch(port, tap, switch, &mut buf)
+        };
         rest = None;
         match batch {
             Batch::Full { small } => {

@@ -8,8 +8,8 @@
 //! time). Within one `io_uring_enter` the writes run back to back in the kernel, and the
 //! reader, woken once, finds the whole batch.
 //!
-//! Only a port's forwarding loop batches (between [`begin`] and [`end`]): a tap port's
-//! thread, and a vhost-user port's transmit handler. Every other writer (the impairment
+//! Only a port's forwarding loop batches (while the [`Batching`] that [`begin`] returns
+//! lives): a tap port's thread, and a vhost-user port's transmit handler. Every other writer (the impairment
 //! line, the endpoint's timers) writes at once. Frames larger than
 //! [`SMALL`] (TSO frames) are written at once too, after what is pending, so a port's frames
 //! leave in the order they came: copying 64 KiB to save a system call would not pay.
@@ -67,10 +67,11 @@ impl State {
     }
 }
 
-/// Makes this thread gather its tap writes from now to the next [`end`]. Where io_uring is
-/// not available (an old kernel, a seccomp profile, `io_uring_disabled`), writes stay
-/// immediate.
-pub fn begin() {
+/// Makes this thread gather its tap writes until the returned [`Batching`] is dropped,
+/// which writes them. Where io_uring is not available (an old kernel, a seccomp profile,
+/// `io_uring_disabled`), writes stay immediate.
+#[must_use = "the batch is written when this is dropped"]
+pub fn begin() -> Batching {
     STATE.with(|cell| {
         let mut state = cell.borrow_mut();
         if let State::Unopened = *state {
@@ -90,17 +91,23 @@ pub fn begin() {
         if let State::Open(b) = &mut *state {
             b.active = true;
         }
-    })
+    });
+    Batching(())
+}
+
+/// A thread's batch of tap writes, open while this lives: dropping it writes what is pending
+/// and ends the batch, on every way out of the forwarding loop.
+pub struct Batching(());
+
+impl Drop for Batching {
+    fn drop(&mut self) {
+        finish(false)
+    }
 }
 
 /// Writes what is pending; the thread goes on batching.
 pub fn flush() {
     finish(true)
-}
-
-/// Writes what is pending and ends the batch.
-pub fn end() {
-    finish(false)
 }
 
 fn finish(active: bool) {
@@ -116,7 +123,7 @@ fn finish(active: bool) {
 }
 
 /// Stages `parts` for `port`'s tap `fd` if this thread is batching and the frame is small:
-/// true if staged ([`flush`] or [`end`] writes and counts it). False if the caller must write
+/// true if staged ([`flush`] or the end of the batch writes and counts it). False if the caller must write
 /// it itself; what was pending has then been written.
 pub fn stage(port: &Arc<Port>, fd: RawFd, parts: &[&[u8]]) -> bool {
     let len: usize = parts.iter().map(|p| p.len()).sum();

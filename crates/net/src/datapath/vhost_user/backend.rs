@@ -175,7 +175,7 @@ impl NetBackend {
             }
             let mut taken = 0;
             // Frames for taps are written together at the end of the batch (tx_batch.rs).
-            tx_batch::begin();
+            let batching = tx_batch::begin();
             while taken < TX_BATCH {
                 // The queue is locked per chain only: forwarding may wait for QoS tokens.
                 let popped = {
@@ -199,14 +199,13 @@ impl NetBackend {
                 match n {
                     Ok(n) => {
                         if !ingress(&port, &switch, buf.get_mut(..n).unwrap_or(&mut [])) {
-                            tx_batch::end();
                             return;
                         }
                     }
                     Err(why) => port.drop_frame(why),
                 }
             }
-            tx_batch::end();
+            drop(batching);
             if taken > 0 {
                 let mut state = vring.get_mut();
                 if !matches!(state.needs_notification(), Ok(false)) {
